@@ -1,0 +1,288 @@
+"""Algorithm 1 of the paper as a framework-free state machine."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from .decision import Decision
+from .plateau import PlateauMonitor, as_metric
+
+STATE_VERSION = 1
+_CONFIG_KEYS = ("num_groups", "patience", "step", "decay", "max_epochs", "min_delta", "mode")
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_decay(decay: object) -> float:
+    if (
+        isinstance(decay, bool)
+        or not isinstance(decay, numbers.Real)
+        or not 0.0 <= float(decay) < 1.0
+    ):
+        raise ValueError(f"decay must be a number with 0 <= decay < 1, got {decay!r}")
+    return float(decay)
+
+
+class UnfreezeScheduler:
+    """Decides, epoch by epoch, when to unfreeze which backbone groups.
+
+    The backbone is split into ``num_groups`` ordered groups, index 0 next to
+    the input and ``num_groups - 1`` next to the head. Training starts with all
+    groups frozen. Call :meth:`step` once per epoch with the validation value;
+    after ``patience`` epochs without improvement the next ``step`` deepest
+    groups are unfrozen (``m = min(m + step, L)``), the learning rate is to be
+    multiplied by ``1 - decay`` and the best weights restored. A plateau with
+    every group unfrozen, or reaching ``max_epochs``, stops training; the final
+    model is the best-validation one.
+
+    Args:
+        num_groups: Number of backbone groups ``L`` (>= 1).
+        patience: Epochs without improvement before an unfreeze or stop
+            (>= 1). Defaults to 5.
+        step: Groups unfrozen per unfreeze, ``k`` (>= 1). Defaults to 3.
+        decay: Learning-rate decay per unfreeze, ``0 <= decay < 1``.
+            Defaults to 0.1.
+        max_epochs: Epoch budget ``n`` (>= 1). Defaults to 100.
+        min_delta: Minimum change that counts as an improvement (>= 0).
+            Defaults to 0.
+        mode: ``"min"`` (e.g. a loss, the default) or ``"max"`` (e.g. accuracy).
+
+    Attributes:
+        num_groups: ``L``.
+        num_unfrozen: ``m``, the number of unfrozen (deepest) groups.
+        epoch: Number of epochs stepped so far.
+        stopped: Whether a decision has said ``stop``.
+        history: Every :class:`Decision`, in order.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        patience: int = 5,
+        step: int = 3,
+        decay: float = 0.1,
+        max_epochs: int = 100,
+        min_delta: float = 0.0,
+        mode: str = "min",
+    ) -> None:
+        self.num_groups = _check_int("num_groups", num_groups, 1)
+        self.patience = _check_int("patience", patience, 1)
+        self.step_size = _check_int("step", step, 1)
+        self.decay = _check_decay(decay)
+        self.max_epochs = _check_int("max_epochs", max_epochs, 1)
+        self._monitor = PlateauMonitor(mode=mode, min_delta=min_delta)
+        self.num_unfrozen = 0
+        self.num_unfreezes = 0
+        self.epoch = 0
+        self.stopped = False
+        self.history: list[Decision] = []
+
+    @property
+    def mode(self) -> str:
+        return self._monitor.mode
+
+    @property
+    def min_delta(self) -> float:
+        return self._monitor.min_delta
+
+    @property
+    def best(self) -> float:
+        """Best finite value seen (``inf`` in mode "min", ``-inf`` in "max", before any)."""
+        return self._monitor.best
+
+    @property
+    def best_epoch(self) -> int | None:
+        """Epoch (1-based) of :attr:`best`, or ``None`` before any finite value."""
+        return self._monitor.best_epoch
+
+    @property
+    def wait(self) -> int:
+        """Non-improving epochs since the last improvement or unfreeze."""
+        return self._monitor.wait
+
+    @property
+    def lr_scale(self) -> float:
+        """Cumulative learning-rate factor, ``(1 - decay) ** number_of_unfreezes``."""
+        return (1.0 - self.decay) ** self.num_unfreezes
+
+    @property
+    def trainable_groups(self) -> tuple[int, ...]:
+        """Indices of the unfrozen groups: the ``m`` deepest, ascending."""
+        return tuple(range(self.num_groups - self.num_unfrozen, self.num_groups))
+
+    @property
+    def frozen_groups(self) -> tuple[int, ...]:
+        """Indices of the groups still frozen, ascending."""
+        return tuple(range(self.num_groups - self.num_unfrozen))
+
+    def step(self, value: Any) -> Decision:
+        """Record the validation value of the epoch just finished and decide.
+
+        Args:
+            value: The monitored value (a real number; NaN/inf allowed and
+                treated as no improvement).
+
+        Returns:
+            The :class:`Decision` for this epoch (also appended to ``history``).
+
+        Raises:
+            RuntimeError: A previous decision already stopped training.
+            TypeError: ``value`` is not a real number.
+        """
+        if self.stopped:
+            raise RuntimeError(
+                f"step() called after the scheduler stopped at epoch {self.epoch}; "
+                "create a new UnfreezeScheduler to train again"
+            )
+        value = as_metric(value)
+        self.epoch += 1
+        previous_best = self.best
+        improved = self._monitor.update(value, self.epoch)
+
+        newly_unfrozen: tuple[int, ...] = ()
+        lr_factor = 1.0
+        stop = False
+        if self.wait >= self.patience:
+            if self.num_unfrozen < self.num_groups:
+                before = self.num_unfrozen
+                self.num_unfrozen = min(before + self.step_size, self.num_groups)
+                newly_unfrozen = tuple(
+                    range(self.num_groups - self.num_unfrozen, self.num_groups - before)
+                )
+                self.num_unfreezes += 1
+                lr_factor = 1.0 - self.decay
+                self._monitor.reset_wait()
+            else:
+                stop = True
+        plateau_stop = stop
+        if self.epoch >= self.max_epochs:
+            stop = True
+        self.stopped = stop
+
+        decision = Decision(
+            epoch=self.epoch,
+            value=value,
+            improved=improved,
+            num_unfrozen=self.num_unfrozen,
+            newly_unfrozen=newly_unfrozen,
+            trainable_groups=self.trainable_groups,
+            lr_factor=lr_factor,
+            restore_best=(bool(newly_unfrozen) or stop) and self.best_epoch is not None,
+            stop=stop,
+            reason=self._reason(value, previous_best, improved, newly_unfrozen, plateau_stop),
+        )
+        self.history.append(decision)
+        return decision
+
+    def _reason(
+        self,
+        value: float,
+        previous_best: float,
+        improved: bool,
+        newly_unfrozen: tuple[int, ...],
+        plateau_stop: bool,
+    ) -> str:
+        parts = [f"epoch {self.epoch}: value {value:.6g}"]
+        if improved:
+            if math.isfinite(previous_best):
+                parts.append(f"improved on best {previous_best:.6g}")
+            else:
+                parts.append("is the first best")
+        elif not math.isfinite(value):
+            parts.append(f"is not finite, no improvement ({self.wait}/{self.patience})")
+        else:
+            parts.append(f"no improvement on best {self.best:.6g}")
+            if not newly_unfrozen and not plateau_stop:
+                parts[-1] += f" ({self.wait}/{self.patience})"
+        if newly_unfrozen:
+            span = (
+                f"group {newly_unfrozen[0]}"
+                if len(newly_unfrozen) == 1
+                else f"groups {newly_unfrozen[0]}-{newly_unfrozen[-1]}"
+            )
+            parts.append(
+                f"plateau for {self.patience} epochs: unfroze {span} "
+                f"({self.num_unfrozen}/{self.num_groups} trainable), "
+                f"lr x{1.0 - self.decay:.6g}, restored best of epoch {self.best_epoch}"
+            )
+        if plateau_stop:
+            parts.append(
+                f"plateau for {self.patience} epochs with all {self.num_groups} groups "
+                f"unfrozen: stop with the best of epoch {self.best_epoch}"
+            )
+        elif self.stopped:
+            parts.append(
+                f"epoch budget of {self.max_epochs} reached: stop with the best of "
+                f"epoch {self.best_epoch}"
+            )
+        return "; ".join(parts)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-plain."""
+        return {
+            "num_groups": self.num_groups,
+            "patience": self.patience,
+            "step": self.step_size,
+            "decay": self.decay,
+            "max_epochs": self.max_epochs,
+            "min_delta": self.min_delta,
+            "mode": self.mode,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state as JSON-plain data (``json.dumps`` works on it)."""
+        return {
+            "version": STATE_VERSION,
+            "config": self.config(),
+            "monitor": self._monitor.state_dict(),
+            "num_unfrozen": self.num_unfrozen,
+            "num_unfreezes": self.num_unfreezes,
+            "epoch": self.epoch,
+            "stopped": self.stopped,
+            "history": [d.to_dict() for d in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict` of an equally configured scheduler.
+
+        Raises:
+            ValueError: The state is of another version or was saved with a
+                different configuration (named in the message).
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"unsupported state version {state.get('version')!r}; expected {STATE_VERSION}"
+            )
+        saved = state["config"]
+        mine = self.config()
+        for key in _CONFIG_KEYS:
+            if saved.get(key) != mine[key]:
+                raise ValueError(
+                    f"state was saved with {key}={saved.get(key)!r} but this scheduler has "
+                    f"{key}={mine[key]!r}; construct it with the saved configuration"
+                )
+        num_unfrozen = _check_int("num_unfrozen", state["num_unfrozen"], 0)
+        if num_unfrozen > self.num_groups:
+            raise ValueError(
+                f"num_unfrozen must be <= num_groups={self.num_groups}, got {num_unfrozen}"
+            )
+        self._monitor.load_state_dict(state["monitor"])
+        self.num_unfrozen = num_unfrozen
+        self.num_unfreezes = _check_int("num_unfreezes", state["num_unfreezes"], 0)
+        self.epoch = _check_int("epoch", state["epoch"], 0)
+        self.stopped = bool(state["stopped"])
+        self.history = [Decision.from_dict(d) for d in state["history"]]
+
+    def __repr__(self) -> str:
+        return (
+            f"UnfreezeScheduler(num_groups={self.num_groups}, patience={self.patience}, "
+            f"step={self.step_size}, decay={self.decay}, max_epochs={self.max_epochs}, "
+            f"min_delta={self.min_delta}, mode={self.mode!r}; epoch={self.epoch}, "
+            f"num_unfrozen={self.num_unfrozen}, best={self.best:.6g}, wait={self.wait})"
+        )
