@@ -39,7 +39,10 @@ def as_metric(value: object) -> float:
             f"the monitored value must be a real number, got {type(value).__name__}: {value!r}"
         )
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
+    except OverflowError:
+        # an int or Fraction beyond float range is still a real number, just not a finite one
+        return -math.inf if value < 0 else math.inf  # type: ignore[operator]
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"the monitored value must be a single real number, got {type(value).__name__}"

@@ -194,12 +194,21 @@ class UnfreezeScheduler:
                 parts.append(f"improved on best {previous_best:.6g}")
             else:
                 parts.append("is the first best")
-        elif not math.isfinite(value):
-            parts.append(f"is not finite, no improvement ({self.wait}/{self.patience})")
         else:
-            parts.append(f"no improvement on best {self.best:.6g}")
+            if math.isfinite(value):
+                parts.append(f"no improvement on best {self.best:.6g}")
+            else:
+                parts.append("is not finite, no improvement")
+            # after an unfreeze the counter is already reset, so the count would mislead
             if not newly_unfrozen and not plateau_stop:
                 parts[-1] += f" ({self.wait}/{self.patience})"
+        has_best = self.best_epoch is not None
+        restored = f"restored best of epoch {self.best_epoch}" if has_best else "no best to restore"
+        final = (
+            f"stop with the best of epoch {self.best_epoch}"
+            if has_best
+            else "stop, no best to restore"
+        )
         if newly_unfrozen:
             span = (
                 f"group {newly_unfrozen[0]}"
@@ -209,18 +218,15 @@ class UnfreezeScheduler:
             parts.append(
                 f"plateau for {self.patience} epochs: unfroze {span} "
                 f"({self.num_unfrozen}/{self.num_groups} trainable), "
-                f"lr x{1.0 - self.decay:.6g}, restored best of epoch {self.best_epoch}"
+                f"lr x{1.0 - self.decay:.6g}, {restored}"
             )
         if plateau_stop:
             parts.append(
                 f"plateau for {self.patience} epochs with all {self.num_groups} groups "
-                f"unfrozen: stop with the best of epoch {self.best_epoch}"
+                f"unfrozen: {final}"
             )
         elif self.stopped:
-            parts.append(
-                f"epoch budget of {self.max_epochs} reached: stop with the best of "
-                f"epoch {self.best_epoch}"
-            )
+            parts.append(f"epoch budget of {self.max_epochs} reached: {final}")
         return "; ".join(parts)
 
     def config(self) -> dict[str, Any]:
