@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,21 @@ GROUPS: dict[str, tuple[list[str], dict[str, str]]] = {
 NO_TESTS_COLLECTED = 5
 
 
+def count_outcomes(junit_xml: Path) -> dict[str, int]:
+    """Passed/failed/skipped test counts from a pytest JUnit XML file (zeros if missing)."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    if not junit_xml.is_file():
+        return counts
+    for suite in ET.parse(junit_xml).getroot().iter("testsuite"):
+        tests = int(suite.get("tests", 0))
+        failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped = int(suite.get("skipped", 0))
+        counts["passed"] += tests - failed - skipped
+        counts["failed"] += failed
+        counts["skipped"] += skipped
+    return counts
+
+
 def main(argv: list[str]) -> int:
     extra: list[str] = []
     if "--" in argv:
@@ -37,18 +54,24 @@ def main(argv: list[str]) -> int:
         print(f"unknown group(s) {unknown}; choose from {list(GROUPS)}", file=sys.stderr)
         return 2
     selected = argv or list(GROUPS)
-    outcomes: list[tuple[str, int, float]] = []
-    for name in selected:
-        paths, env_extra = GROUPS[name]
-        env = {**os.environ, **env_extra}
-        cmd = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider", *extra]
-        print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
-        start = time.perf_counter()
-        code = subprocess.call(cmd, cwd=ROOT, env=env)
-        outcomes.append((name, code, time.perf_counter() - start))
+    outcomes: list[tuple[str, int, float, dict[str, int]]] = []
+    with tempfile.TemporaryDirectory() as reports:
+        for name in selected:
+            paths, env_extra = GROUPS[name]
+            env = {**os.environ, **env_extra}
+            junit = Path(reports) / f"{name}.xml"
+            cmd = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider",
+                   f"--junitxml={junit}", *extra]
+            print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+            start = time.perf_counter()
+            code = subprocess.call(cmd, cwd=ROOT, env=env)
+            outcomes.append((name, code, time.perf_counter() - start, count_outcomes(junit)))
     print("\n=== summary")
     failed = 0
-    for name, code, seconds in outcomes:
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    for name, code, seconds, counts in outcomes:
+        for key in totals:
+            totals[key] += counts[key]
         if code == 0:
             verdict = "ok"
         elif code == NO_TESTS_COLLECTED:
@@ -56,8 +79,9 @@ def main(argv: list[str]) -> int:
         else:
             verdict = f"FAILED (pytest exit {code})"
         failed += code != 0
-        print(f"{name:18s} {verdict:30s} {seconds:7.1f} s")
+        print(f"{name:18s} {verdict:30s} {seconds:7.1f} s  {counts}")
     print(f"groups: {len(outcomes) - failed} passed, {failed} failed")
+    print(f"tests: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
     return 1 if failed else 0
 
 
