@@ -1,0 +1,201 @@
+"""Framework-free glue shared by the Keras and PyTorch study runners.
+
+Batches are produced here as float32 ``(B, H, W, 3)`` arrays in 0..255 so that
+both frameworks see exactly the same images, sampling and augmentation; each
+runner only applies its backbone's preprocessing and trains.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .augment import augment_minority
+from .balance import balanced_indices, class_weights, minority_mask
+
+LOAD_REPEATS = 3
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 images to ``size`` x ``size`` (bilinear), keeping grayscale/RGB.
+
+    Args:
+        images: uint8 ``(N, H, W)`` or ``(N, H, W, 3)``.
+        size: Target side in pixels.
+    """
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    resized = [
+        np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) for image in images
+    ]
+    return np.stack(resized).astype(np.uint8)
+
+
+def to_rgb_float(images: np.ndarray) -> np.ndarray:
+    """uint8 grayscale or RGB images -> float32 ``(N, H, W, 3)`` in 0..255 (grey replicated)."""
+    batch = images.astype(np.float32)
+    if batch.ndim == 3:
+        batch = np.repeat(batch[..., None], 3, axis=-1)
+    return batch
+
+
+@dataclass
+class SplitArrays:
+    """Images resized to the study size and labels of one split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class TrainingData:
+    """Class-balanced, minority-augmented training batches and plain evaluation batches.
+
+    Args:
+        train: Training split.
+        val: Validation split.
+        test: Test split.
+        num_classes: Number of classes ``C``.
+        batch_size: Mini-batch size.
+        seed: Seeds the sampler and the augmentation.
+    """
+
+    def __init__(
+        self,
+        train: SplitArrays,
+        val: SplitArrays,
+        test: SplitArrays,
+        num_classes: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        self.train, self.val, self.test = train, val, test
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        # Eq. 14 weights from the training labels only, so val/test never leak in
+        self.class_weights = class_weights(train.labels, num_classes).astype(np.float32)
+        self.minority = minority_mask(train.labels, num_classes)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training batches per epoch (one epoch draws as many samples as the training set)."""
+        return -(-len(self.train.labels) // self.batch_size)
+
+    def epoch_plan(self) -> list[np.ndarray]:
+        """Index arrays of one epoch's class-balanced training batches."""
+        order = balanced_indices(self.train.labels, len(self.train.labels), self.rng)
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def train_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images (augmented where minority), labels and Eq. 14 sample weights of a batch."""
+        labels = self.train.labels[indices]
+        images = augment_minority(
+            to_rgb_float(self.train.images[indices]), labels, self.minority, self.rng
+        )
+        return images, labels, self.class_weights[labels]
+
+    def eval_batches(self, split: SplitArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Un-augmented batches of ``split`` in order."""
+        for start in range(0, len(split.labels), self.batch_size):
+            stop = start + self.batch_size
+            yield to_rgb_float(split.images[start:stop]), split.labels[start:stop]
+
+
+def make_training_data(
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: Any,
+    image_size: int,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+) -> TrainingData:
+    """Cut ``images``/``labels`` by a ``benchmarks.splits.Split`` and resize every split.
+
+    Args:
+        images: uint8 images of the whole data set.
+        labels: int labels of the whole data set.
+        split: Object with ``train``/``val``/``test`` index arrays.
+        image_size: Side the backbone receives.
+        num_classes: Number of classes.
+        batch_size: Mini-batch size.
+        seed: Seeds sampling and augmentation.
+    """
+
+    def part(indices: np.ndarray) -> SplitArrays:
+        return SplitArrays(resize_images(images[indices], image_size), labels[indices])
+
+    return TrainingData(
+        part(split.train), part(split.val), part(split.test), num_classes, batch_size, seed
+    )
+
+
+def unfreeze_event(decision: Any, lr: float) -> dict[str, Any]:
+    """Run-dict entry for an unfreeze ``Decision``, ``lr`` being the rate after the decay."""
+    return {
+        "epoch": decision.epoch,
+        "groups": list(decision.newly_unfrozen),
+        "num_unfrozen": decision.num_unfrozen,
+        "lr": lr,
+    }
+
+
+def timeline_entry(
+    epoch: int, train_loss: float, val_loss: float, lr: float, num_unfrozen: int
+) -> dict[str, Any]:
+    """One epoch of the run's training timeline (``lr``: the rate that epoch trained with)."""
+    return {
+        "epoch": epoch,
+        "train_loss": float(train_loss),
+        "val_loss": float(val_loss),
+        "lr": float(lr),
+        "num_unfrozen": int(num_unfrozen),
+    }
+
+
+def file_size_mb(path: Path) -> float:
+    """Size on disk in MB (10**6 bytes) of a file or of every file below a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+    return path.stat().st_size / 1e6
+
+
+def median_load_seconds(load: Callable[[], object], repeats: int = LOAD_REPEATS) -> float:
+    """Median wall time of ``repeats`` calls of ``load`` (a full model load each).
+
+    Args:
+        load: Loads the saved model once.
+        repeats: Number of timed loads. Defaults to 3.
+    """
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        load()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def environment(packages: list[str]) -> dict[str, Any]:
+    """Python, platform and installed versions of ``packages`` (``None`` if absent)."""
+    versions: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "packages": versions,
+    }
