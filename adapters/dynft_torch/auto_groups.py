@@ -34,9 +34,7 @@ def _owns_parameters(module: nn.Module) -> bool:
 
 def _children_with_parameters(module: nn.Module, prefix: str) -> list[list[str]]:
     return [
-        [_join(prefix, name)]
-        for name, child in module.named_children()
-        if _owns_parameters(child)
+        [_join(prefix, name)] for name, child in module.named_children() if _owns_parameters(child)
     ]
 
 

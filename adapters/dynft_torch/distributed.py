@@ -45,7 +45,7 @@ def mean_over_ranks(value: float) -> float:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` (or ``torch.compile``'s wrapper), else ``model``.
+    """The module inside ``DistributedDataParallel`` or ``torch.compile``'s wrapper.
 
     Parameter names are taken from the unwrapped module, so states saved with and without DDP
     or compilation are interchangeable.

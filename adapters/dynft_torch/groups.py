@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from torch import nn
 
 from .auto_groups import auto_group_module_names, timm_parameter_groups
 
-GroupSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
+GroupSpec = str | nn.Module | Sequence[str | nn.Module]
 GROUP_MODES = ("auto", "modules")
 
 
@@ -157,9 +156,7 @@ def resolve_groups(
         for names in _explicit_groups(model, groups):
             outside = [n for n in names if not is_under(n, root_name)]
             if outside:
-                raise ValueError(
-                    f"group modules {outside} are outside the backbone {root_name!r}"
-                )
+                raise ValueError(f"group modules {outside} are outside the backbone {root_name!r}")
             parameter_groups.append((names, _parameters_under(model, names)))
 
     result = _validated(parameter_groups)
@@ -179,7 +176,7 @@ def _label(module_names: Sequence[str]) -> str:
         return "+".join(module_names)
     split = [name.split(".") for name in module_names]
     common = []
-    for parts in zip(*split):
+    for parts in zip(*split, strict=False):
         if len(set(parts)) != 1:
             break
         common.append(parts[0])

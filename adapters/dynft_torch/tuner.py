@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
+
 from dynft_core import Decision, UnfreezeScheduler
 from dynft_core.plateau import as_metric
-from torch import nn
 
 from .distributed import mean_over_ranks, unwrap_model
 from .freezing import BatchNormFreezer, backbone_batchnorms, freeze_parameter
