@@ -1,0 +1,408 @@
+"""The study report: results.csv, results.json, report.md and the figures of the paper.
+
+Figures are drawn with matplotlib's Agg canvas (no display needed): accuracy and F1 bars per
+backbone for both strategies (the paper's Figs 3-4, traditional blue, dynamic orange), the
+normalised confusion matrix of the best run (Fig 5) and one training timeline per run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from benchmarks.stats import compare_strategies, summarize_seeds
+
+RESULT_COLUMNS = (
+    "framework",
+    "backbone",
+    "strategy",
+    "seed",
+    "weights",
+    "data",
+    "synthetic",
+    "image_size",
+    "accuracy",
+    "macro_f1",
+    "epochs",
+    "best_epoch",
+    "wall_s",
+    "size_mb",
+    "load_s",
+    "top_n",
+    "num_groups",
+    "num_unfreeze_events",
+)
+REQUIRED_RUN_KEYS = (
+    "framework",
+    "backbone",
+    "strategy",
+    "seed",
+    "weights",
+    "accuracy",
+    "macro_f1",
+    "epochs",
+    "wall_s",
+    "size_mb",
+    "load_s",
+)
+STRATEGIES = ("traditional", "dynamic")
+STRATEGY_COLOURS = {"traditional": "tab:blue", "dynamic": "tab:orange"}
+EVENT_LABEL_STYLE = {
+    "xycoords": ("data", "axes fraction"), "xytext": (-2, -4), "textcoords": "offset points",
+    "rotation": 90, "va": "top", "ha": "right", "fontsize": 7, "color": "tab:red",
+}  # fmt: skip
+SETUP_KEYS = (
+    "data", "framework", "preset", "backbones", "strategies", "seeds", "image_size", "epochs",
+    "weights", "command",
+)  # fmt: skip
+SYNTHETIC_BANNER = (
+    "> **SYNTHETIC DATA — NOT CLINICAL RESULTS.** These numbers come from a generated phantom "
+    "and only show that the pipeline runs; they say nothing about diagnostic performance."
+)
+
+
+def write_report(out_dir: Path, runs: list[dict], meta: dict) -> Path:
+    """Write results.csv, results.json, report.md and figures/ into ``out_dir``.
+
+    Args:
+        out_dir: Output folder (created if needed).
+        runs: One dict per (backbone, strategy, seed) run, with at least ``REQUIRED_RUN_KEYS``;
+            ``per_class``, ``confusion_normalized``, ``class_names``, ``timeline`` and
+            ``unfreeze_events`` feed the figures when present.
+        meta: Study settings (data, framework, preset, seeds, weights, environment, split_notes,
+            command, ``synthetic``, ...).
+
+    Returns:
+        Path of report.md.
+    """
+    if not runs:
+        raise ValueError("write_report needs at least one run")
+    for position, run in enumerate(runs):
+        missing = [key for key in REQUIRED_RUN_KEYS if key not in run]
+        if missing:
+            raise ValueError(f"run {position} lacks keys {missing}; has {sorted(run)}")
+        if run["strategy"] not in STRATEGIES:
+            raise ValueError(f"run {position} has strategy {run['strategy']!r}; use {STRATEGIES}")
+    out_dir = Path(out_dir)
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "results.csv", runs)
+    statistics = {"paired": compare_strategies(runs), "seeds": summarize_seeds(runs)}
+    document = {"meta": meta, "statistics": statistics, "runs": runs}
+    with (out_dir / "results.json").open("w") as handle:
+        json.dump(_jsonable(document), handle, indent=2, allow_nan=False)
+    figures = _draw_figures(figures_dir, runs)
+    report = out_dir / "report.md"
+    report.write_text(_markdown(runs, meta, statistics, figures, out_dir))
+    return report
+
+
+def _write_csv(path: Path, runs: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for run in runs:
+            row = {key: run.get(key) for key in RESULT_COLUMNS}
+            row["num_unfreeze_events"] = len(run.get("unfreeze_events") or [])
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+
+
+def _jsonable(value):
+    """Plain JSON types; NaN and infinities become null so any JSON parser reads the file."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _label(run: dict, frameworks: set[str]) -> str:
+    return run["backbone"] if len(frameworks) == 1 else f"{run['framework']}/{run['backbone']}"
+
+
+def _grouped(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """label -> strategy -> runs, in first-seen backbone order."""
+    frameworks = {run["framework"] for run in runs}
+    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        groups[_label(run, frameworks)][run["strategy"]].append(run)
+    return groups
+
+
+def _best_run(runs: list[dict]) -> dict:
+    return max(runs, key=lambda run: (float(run["accuracy"]), float(run["macro_f1"])))
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def _draw_figures(figures_dir: Path, runs: list[dict]) -> dict:
+    groups = _grouped(runs)
+    figures = {
+        "accuracy": _bar_figure(groups, "accuracy", "Accuracy (%)", figures_dir),
+        "macro_f1": _bar_figure(groups, "macro_f1", "Macro-F1 (%)", figures_dir),
+        "confusion": None,
+        "timelines": [],
+    }
+    best = _best_run(runs)
+    if best.get("confusion_normalized") and best.get("class_names"):
+        figures["confusion"] = _confusion_figure(best, figures_dir / "confusion_best.png")
+    for run in runs:
+        if run.get("timeline"):
+            stem = (
+                f"timeline_{run['framework']}_{run['backbone']}_{run['strategy']}_seed{run['seed']}"
+            )
+            path = figures_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", stem) + ".png")
+            figures["timelines"].append((run, _timeline_figure(run, path)))
+    return figures
+
+
+def _bar_figure(groups, metric: str, axis_label: str, figures_dir: Path) -> Path:
+    labels = list(groups)
+    figure = Figure(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.2))
+    axes = figure.add_subplot()
+    width = 0.38
+    for offset, strategy in zip((-width / 2, width / 2), STRATEGIES, strict=True):
+        means, errors = [], []
+        for label in labels:
+            values = [100 * float(run[metric]) for run in groups[label].get(strategy, [])]
+            means.append(np.mean(values) if values else np.nan)
+            errors.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
+        positions = np.arange(len(labels)) + offset
+        colour = STRATEGY_COLOURS[strategy]
+        bars = axes.bar(
+            positions, means, width, yerr=errors, capsize=3, label=strategy, color=colour
+        )
+        axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    axes.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right")
+    axes.set_ylabel(axis_label)
+    axes.set_ylim(0, 105)
+    axes.set_title(f"{axis_label} per backbone, mean ± SD over seeds", fontsize=10)
+    axes.legend(loc="lower right")
+    path = figures_dir / f"{metric}_by_backbone.png"
+    _save(figure, path)
+    return path
+
+
+def _confusion_figure(run: dict, path: Path) -> Path:
+    matrix = np.asarray(run["confusion_normalized"], dtype=float)
+    names = list(run["class_names"])
+    size = 2.5 + 0.7 * len(names)
+    figure = Figure(figsize=(size + 1.2, size))
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    for row, column in np.ndindex(matrix.shape):
+        colour = "white" if matrix[row, column] > 0.5 else "black"
+        text = f"{matrix[row, column]:.2f}"
+        axes.text(column, row, text, ha="center", va="center", color=colour, fontsize=8)
+    axes.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    axes.set_title(f"Normalised confusion: {run['backbone']} {run['strategy']} seed {run['seed']}")
+    _save(figure, path)
+    return path
+
+
+def _timeline_figure(run: dict, path: Path) -> Path:
+    timeline = run["timeline"]
+    epochs = [entry["epoch"] for entry in timeline]
+    figure = Figure(figsize=(7.0, 3.8))
+    loss_axes = figure.add_subplot()
+    for key, style in (("train_loss", ":"), ("val_loss", "-")):
+        values = [entry.get(key) for entry in timeline]
+        if any(value is not None for value in values):
+            values = [np.nan if value is None else value for value in values]
+            loss_axes.plot(epochs, values, style, marker=".", label=key.replace("_", " "))
+    loss_axes.set_xlabel("Epoch")
+    loss_axes.set_ylabel("Loss")
+    rate_axes = loss_axes.twinx()
+    rates = [entry.get("lr") for entry in timeline]
+    if all(rate is not None and rate > 0 for rate in rates):
+        rate_axes.step(epochs, rates, where="post", color="tab:green", label="learning rate")
+        rate_axes.set_yscale("log")
+    rate_axes.set_ylabel("Learning rate")
+    for event in run.get("unfreeze_events") or []:
+        loss_axes.axvline(event["epoch"], color="tab:red", linestyle="--", linewidth=1)
+        text = f"{event['num_unfrozen']} unfrozen"
+        loss_axes.annotate(text, (event["epoch"], 1.0), **EVENT_LABEL_STYLE)
+    handles, names = loss_axes.get_legend_handles_labels()
+    more_handles, more_names = rate_axes.get_legend_handles_labels()
+    loss_axes.legend(handles + more_handles, names + more_names, fontsize=8, loc="upper right")
+    loss_axes.set_title(
+        f"{run['framework']} {run['backbone']} {run['strategy']} seed {run['seed']}"
+    )
+    _save(figure, path)
+    return path
+
+
+def _mean_sd(values: list, scale: float = 1.0, digits: int = 1) -> str:
+    values = [scale * float(value) for value in values if value is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _number(value, pattern: str) -> str:
+    return "–" if value is None or not math.isfinite(value) else pattern.format(value)
+
+
+def _table(header: str, rows: list[list]) -> list[str]:
+    """Markdown table; ``header`` is the column titles joined by ``|``."""
+    columns = header.split("|")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _strategy_table(groups, strategy: str) -> list[str]:
+    if strategy == "traditional":
+        header = "Backbone|ACC (%)|F1 (%)|NB layers (n)|Epochs|Load time (s)|Size (MB)|Weights"
+    else:
+        header = (
+            "Backbone|ACC (%)|F1 (%)|Groups (L)|Unfreeze events|Epochs|Load time (s)|Size (MB)"
+            "|Weights"
+        )
+    rows = []
+    for label, by_strategy in groups.items():
+        members = by_strategy.get(strategy, [])
+        if not members:
+            continue
+        if strategy == "traditional":
+            depth = [members[0].get("top_n", "–")]
+        else:
+            events = [len(run.get("unfreeze_events") or []) for run in members]
+            depth = [members[0].get("num_groups", "–"), _mean_sd(events)]
+        scores = [_mean_sd([run[key] for run in members], 100) for key in ("accuracy", "macro_f1")]
+        costs = [
+            _mean_sd([run["epochs"] for run in members]),
+            _mean_sd([run["load_s"] for run in members], digits=3),
+            _mean_sd([run["size_mb"] for run in members], digits=2),
+        ]
+        rows.append([label, *scores, *depth, *costs, members[0]["weights"]])
+    return _table(header, rows) if rows else [f"No {strategy} runs."]
+
+
+def _setup_section(runs: list[dict], meta: dict) -> list[str]:
+    lines = ["## Setup", ""]
+    lines += [f"- **{key}**: {meta[key]}" for key in SETUP_KEYS if key in meta]
+    lines.append(f"- **runs**: {len(runs)} (seeds {sorted({run['seed'] for run in runs})})")
+    lines += [f"- **{name}**: {value}" for name, value in (meta.get("environment") or {}).items()]
+    if meta.get("split_notes"):
+        lines += ["", "### Data split", ""] + [f"- {note}" for note in meta["split_notes"]]
+    return lines + [""]
+
+
+def _statistics_section(statistics: dict) -> list[str]:
+    lines = ["## Seed summaries (95 % CI, t distribution)", ""]
+    seed_rows = []
+    for row in statistics["seeds"]:
+        cells = [row["backbone"], row["strategy"], len(row["seeds"])]
+        for metric in ("accuracy", "macro_f1"):
+            summary = {key: 100 * value for key, value in row[metric].items() if key != "n"}
+            if row[metric]["n"] > 1:
+                interval = f"[{summary['ci95_low']:.2f}, {summary['ci95_high']:.2f}]"
+                cells.append(f"{summary['mean']:.2f} ± {summary['sd']:.2f} {interval}")
+            else:
+                cells.append(f"{summary['mean']:.2f} (one seed)")
+        seed_rows.append(cells)
+    lines += _table("Backbone|Strategy|Seeds|ACC (%)|F1 (%)", seed_rows)
+    lines += ["", "## Paired tests: dynamic − traditional", ""]
+    test_rows = [
+        [
+            metric, result["unit"], result["n"], _number(100 * result["mean"], "{:+.2f}"),
+            _number(100 * result["sd"], "{:.2f}"), _number(result["t"], "{:.3f}"), result["df"],
+            _number(result["p_t"], "{:.4f}"), _number(result["wilcoxon_w"], "{:.1f}"),
+            _number(result["p_wilcoxon"], "{:.4f}"), result["note"],
+        ]
+        for metric, result in statistics["paired"].items()
+    ]  # fmt: skip
+    header = "Metric|Pair|n|Mean (pp)|SD (pp)|t|df|p (t-test)|W|p (Wilcoxon)|Note"
+    return (
+        lines
+        + _table(header, test_rows)
+        + [
+            "",
+            "Paired t-test: `scipy.stats.ttest_rel`; Wilcoxon signed-rank: `scipy.stats.wilcoxon` "
+            "(both two-sided). With few pairs the tests have little power; read them with the "
+            "per-backbone tables.",
+            "",
+        ]
+    )
+
+
+def _best_run_section(best: dict) -> list[str]:
+    lines = [
+        "## Best run",
+        "",
+        f"{best['framework']} {best['backbone']} {best['strategy']} seed {best['seed']}: "
+        f"accuracy {100 * float(best['accuracy']):.2f} %, macro-F1 "
+        f"{100 * float(best['macro_f1']):.2f} %.",
+        "",
+    ]
+    if best.get("per_class"):
+        rows = [
+            [
+                name,
+                *(f"{scores[key]:.3f}" for key in ("precision", "recall", "f1")),
+                scores["support"],
+            ]
+            for name, scores in best["per_class"].items()
+        ]
+        lines += _table("Class|Precision|Recall|F1|Support", rows) + [""]
+    return lines
+
+
+def _figures_section(figures: dict, out_dir: Path) -> list[str]:
+    captions = {
+        "accuracy": "Accuracy per backbone (Fig. 3)",
+        "macro_f1": "Macro-F1 per backbone (Fig. 4)",
+        "confusion": "Normalised confusion matrix of the best run (Fig. 5)",
+    }
+    lines = ["## Figures", ""]
+    for key, title in captions.items():
+        if figures[key] is not None:
+            lines += [f"![{title}]({figures[key].relative_to(out_dir).as_posix()})", ""]
+    if figures["timelines"]:
+        lines += ["### Training timelines (validation loss, learning rate, unfreeze events)", ""]
+        for run, path in figures["timelines"]:
+            name = f"{run['framework']} {run['backbone']} {run['strategy']} seed {run['seed']}"
+            lines.append(f"- [{name}]({path.relative_to(out_dir).as_posix()})")
+    return lines
+
+
+def _markdown(runs, meta, statistics, figures, out_dir: Path) -> str:
+    synthetic = bool(meta.get("synthetic")) or any(run.get("synthetic") for run in runs)
+    groups = _grouped(runs)
+    banner = [SYNTHETIC_BANNER, ""] if synthetic else []
+    lines = ["# Fine-tuning study: traditional vs dynamic", "", *banner]
+    lines += _setup_section(runs, meta)
+    lines += ["## Traditional fine-tuning (Table 3 layout)", ""]
+    lines += _strategy_table(groups, "traditional")
+    lines += ["", "## Dynamic fine-tuning (Table 4 layout)", ""]
+    lines += _strategy_table(groups, "dynamic")
+    lines += ["", "Values are mean ± SD over seeds where more than one seed ran.", ""]
+    lines += _statistics_section(statistics)
+    lines += _best_run_section(_best_run(runs))
+    lines += _figures_section(figures, out_dir)
+    lines += ["", *banner]
+    return "\n".join(lines).rstrip() + "\n"
