@@ -58,7 +58,7 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Decision:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of ``to_dict()``."""
         value = data["value"]
         return cls(
             epoch=int(data["epoch"]),

@@ -63,7 +63,7 @@ class PlateauMonitor:
         best: Best finite value seen so far (``inf``/``-inf`` before any).
         best_epoch: Epoch of ``best`` (1-based), ``None`` before any.
         wait: Consecutive non-improving updates since the last improvement
-            (or since the last :meth:`reset_wait`).
+            (or since the last ``reset_wait()``).
     """
 
     def __init__(self, mode: str = "min", min_delta: float = 0.0) -> None:
@@ -104,7 +104,7 @@ class PlateauMonitor:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state produced by :meth:`state_dict`."""
+        """Restore the state produced by ``state_dict()``."""
         best = state["best"]
         self.best_epoch = None if state["best_epoch"] is None else int(state["best_epoch"])
         if best is None:

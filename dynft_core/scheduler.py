@@ -34,7 +34,7 @@ class UnfreezeScheduler:
 
     The backbone is split into ``num_groups`` ordered groups, index 0 next to
     the input and ``num_groups - 1`` next to the head. Training starts with all
-    groups frozen. Call :meth:`step` once per epoch with the validation value;
+    groups frozen. Call ``step()`` once per epoch with the validation value;
     after ``patience`` epochs without improvement the next ``step`` deepest
     groups are unfrozen (``m = min(m + step, L)``), the learning rate is to be
     multiplied by ``1 - decay`` and the best weights restored. A plateau with
@@ -58,7 +58,7 @@ class UnfreezeScheduler:
         num_unfrozen: ``m``, the number of unfrozen (deepest) groups.
         epoch: Number of epochs stepped so far.
         stopped: Whether a decision has said ``stop``.
-        history: Every :class:`Decision`, in order.
+        history: Every ``Decision``, in order.
     """
 
     def __init__(
@@ -85,10 +85,12 @@ class UnfreezeScheduler:
 
     @property
     def mode(self) -> str:
+        """``"min"`` if lower values are better, ``"max"`` if higher ones are."""
         return self._monitor.mode
 
     @property
     def min_delta(self) -> float:
+        """Minimum change over the best that counts as an improvement."""
         return self._monitor.min_delta
 
     @property
@@ -98,7 +100,7 @@ class UnfreezeScheduler:
 
     @property
     def best_epoch(self) -> int | None:
-        """Epoch (1-based) of :attr:`best`, or ``None`` before any finite value."""
+        """Epoch (1-based) of ``best``, or ``None`` before any finite value."""
         return self._monitor.best_epoch
 
     @property
@@ -129,7 +131,7 @@ class UnfreezeScheduler:
                 treated as no improvement).
 
         Returns:
-            The :class:`Decision` for this epoch (also appended to ``history``).
+            The ``Decision`` for this epoch (also appended to ``history``).
 
         Raises:
             RuntimeError: A previous decision already stopped training.
@@ -255,7 +257,7 @@ class UnfreezeScheduler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict` of an equally configured scheduler.
+        """Restore a state produced by ``state_dict()`` of an equally configured scheduler.
 
         Raises:
             ValueError: The state is of another version or was saved with a
