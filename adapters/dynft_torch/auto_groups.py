@@ -34,7 +34,9 @@ def _owns_parameters(module: nn.Module) -> bool:
 
 def _children_with_parameters(module: nn.Module, prefix: str) -> list[list[str]]:
     return [
-        [_join(prefix, name)] for name, child in module.named_children() if _owns_parameters(child)
+        [_join(prefix, name)]
+        for name, child in module.named_children()
+        if name not in HEAD_NAMES and _owns_parameters(child)
     ]
 
 
@@ -150,37 +152,33 @@ def _inception(root: nn.Module, prefix: str) -> list[list[str]] | None:
 
 
 def auto_group_module_names(
-    root: nn.Module, root_name: str, whole_model: bool, per_leaf: bool
+    root: nn.Module, root_name: str, per_leaf: bool
 ) -> list[tuple[str, ...]]:
     """Module-name groups for ``groups="auto"`` (``per_leaf=False``) or ``"modules"``.
 
     Args:
-        root: The backbone module (or the whole model when ``whole_model``).
+        root: The backbone module (or the whole model); its children named like a head
+            (``HEAD_NAMES``) are left out.
         root_name: Its name inside the model (``""`` for the model itself).
-        whole_model: ``root`` is the whole model: leave its head children out.
         per_leaf: One group per leaf module owning parameters instead of family blocks.
 
     Returns:
         Module-name groups, shallowest first.
     """
-    skip = HEAD_NAMES if whole_model else ()
     if per_leaf:
-        return [tuple(names) for names in _leaf_modules(root, root_name, skip)]
+        return [tuple(names) for names in _leaf_modules(root, root_name, HEAD_NAMES)]
     for finder in (_efficientnet_lite, _resnet, _feature_blocks, _inception):
         found = finder(root, root_name)
         if found:
             return [tuple(names) for names in _merge_batchnorm_only(root, root_name, found)]
-    leaves = _leaf_modules(root, root_name, skip)
+    leaves = _leaf_modules(root, root_name, HEAD_NAMES)
     return [tuple(names) for names in _merge_batchnorm_only(root, root_name, leaves)]
 
 
-def timm_parameter_groups(
-    root: nn.Module, root_name: str, whole_model: bool
-) -> list[list[str]] | None:
+def timm_parameter_groups(root: nn.Module, root_name: str) -> list[list[str]] | None:
     """Parameter-name groups from a timm model's ``group_matcher``, or ``None`` if not timm.
 
-    When ``root`` is the whole model, the classifier returned by ``get_classifier()`` is the
-    head and belongs to no group.
+    The classifier returned by ``get_classifier()`` is the head and belongs to no group.
     """
     matcher = getattr(root, "group_matcher", None)
     if not callable(matcher):
@@ -191,7 +189,7 @@ def timm_parameter_groups(
         return None
     head_ids: set[int] = set()
     get_classifier = getattr(root, "get_classifier", None)
-    if whole_model and callable(get_classifier):
+    if callable(get_classifier):
         classifier = get_classifier()
         if isinstance(classifier, nn.Module):
             head_ids = {id(p) for p in classifier.parameters()}

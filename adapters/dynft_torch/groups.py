@@ -84,9 +84,19 @@ def _resolve_module_name(model: nn.Module, item: str | nn.Module) -> str:
 def _explicit_groups(model: nn.Module, specs: Sequence[GroupSpec]) -> list[tuple[str, ...]]:
     resolved = []
     for spec in specs:
-        items = [spec] if isinstance(spec, (str, nn.Module)) else list(spec)
+        if isinstance(spec, (str, nn.Module)):
+            items: list[str | nn.Module] = [spec]
+        elif isinstance(spec, Sequence):
+            items = list(spec)
+        else:
+            raise TypeError(
+                f"group {len(resolved)} must be a module, a module name or a list of those, "
+                f"got {type(spec).__name__}: {spec!r}"
+            )
         if not items:
-            raise ValueError(f"group #{len(resolved)} is empty; every group needs a module")
+            raise ValueError(
+                f"group {len(resolved)} is empty; every group needs at least one module"
+            )
         resolved.append(tuple(_resolve_module_name(model, item) for item in items))
     return resolved
 
@@ -100,10 +110,11 @@ def resolve_groups(
 
     Args:
         model: The whole network.
-        backbone: The pretrained part to freeze: a submodule of ``model`` or its name; all
-            its parameters must fall into groups. ``None`` (the default) or the model itself
-            means the whole model minus a recognised head (``fc``,
-            ``classifier``, ``head``, ``AuxLogits``, ``_fc`` or timm's ``get_classifier()``).
+        backbone: The pretrained part to freeze: a submodule of ``model`` or its name.
+            Defaults to ``None``, the whole model. With ``"auto"``/``"modules"`` a recognised
+            head inside it (children named ``fc``, ``classifier``, ``head``, ``AuxLogits``,
+            ``_fc`` ..., or timm's ``get_classifier()``) stays outside the groups; explicit
+            groups must cover every parameter of a backbone submodule.
         groups: ``"auto"`` (default: architecture-aware blocks, see ``auto_groups``),
             ``"modules"`` (one group per leaf module owning parameters, the paper's "layers"),
             or an explicit list ordered from input to head whose items are modules, module
@@ -123,7 +134,7 @@ def resolve_groups(
         root_name = _resolve_module_name(model, backbone)
     else:
         root_name = module_name_of(model, backbone)
-    whole_model = root_name == ""
+    explicit = not isinstance(groups, str)
     root = model.get_submodule(root_name)
 
     parameter_groups: list[tuple[tuple[str, ...], list[str]]] = []
@@ -133,20 +144,14 @@ def resolve_groups(
                 f"groups must be one of {GROUP_MODES} or a list of modules/module names, "
                 f"got {groups!r}"
             )
-        timm_groups = (
-            timm_parameter_groups(root, root_name, whole_model=whole_model)
-            if groups == "auto"
-            else None
-        )
+        timm_groups = timm_parameter_groups(root, root_name) if groups == "auto" else None
         if timm_groups is not None:
             parameter_groups = [
                 (tuple(sorted({name.rpartition(".")[0] for name in names})), names)
                 for names in timm_groups
             ]
         else:
-            module_groups = auto_group_module_names(
-                root, root_name, whole_model=whole_model, per_leaf=groups == "modules"
-            )
+            module_groups = auto_group_module_names(root, root_name, per_leaf=groups == "modules")
             parameter_groups = [(names, _parameters_under(model, names)) for names in module_groups]
     else:
         if not isinstance(groups, Sequence) or not groups:
@@ -160,7 +165,7 @@ def resolve_groups(
             parameter_groups.append((names, _parameters_under(model, names)))
 
     result = _validated(parameter_groups)
-    if not whole_model:
+    if explicit and root_name:
         grouped = {name for group in result for name in group.parameter_names}
         ungrouped = [n for n in _parameters_under(model, [root_name]) if n not in grouped]
         if ungrouped:
