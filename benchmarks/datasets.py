@@ -103,7 +103,7 @@ def load_dataset(
         DataError: The source is unknown, missing or holds bad data.
     """
     if source == "phantom":
-        from benchmarks.phantom import make_phantom
+        from benchmarks.phantom import make_phantom  # phantom imports Dataset from here
 
         return make_phantom(phantom_images, phantom_size, seed)
     if source.startswith("medmnist:"):

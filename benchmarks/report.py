@@ -263,6 +263,10 @@ def _mean_sd(values: list, scale: float = 1.0, digits: int = 1) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def _or_dash(value) -> str:
+    return "–" if value is None else str(value)
+
+
 def _number(value, pattern: str) -> str:
     return "–" if value is None or not math.isfinite(value) else pattern.format(value)
 
@@ -288,10 +292,10 @@ def _strategy_table(groups, strategy: str) -> list[str]:
         if not members:
             continue
         if strategy == "traditional":
-            depth = [members[0].get("top_n", "–")]
+            depth = [_or_dash(members[0].get("top_n"))]
         else:
             events = [len(run.get("unfreeze_events") or []) for run in members]
-            depth = [members[0].get("num_groups", "–"), _mean_sd(events)]
+            depth = [_or_dash(members[0].get("num_groups")), _mean_sd(events)]
         scores = [_mean_sd([run[key] for run in members], 100) for key in ("accuracy", "macro_f1")]
         costs = [
             _mean_sd([run["epochs"] for run in members]),

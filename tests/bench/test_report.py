@@ -106,6 +106,9 @@ def test_markdown_names_every_backbone_and_carries_the_banner(study):
     assert text.count(SYNTHETIC_BANNER) == 2  # top and bottom
     assert "Table 3 layout" in text and "Table 4 layout" in text
     assert "scipy.stats.ttest_rel" in text
+    assert "None" not in text
+    traditional = text.split("Table 3 layout")[1].split("Table 4 layout")[0]
+    assert "| 5 | 6.0 |" in traditional  # top_n then epochs
 
 
 def test_figures_are_png_files_and_linked(study):
