@@ -140,11 +140,18 @@ def _soft(values: np.ndarray, sharpness: float = 25.0) -> np.ndarray:
     return 0.5 + 0.5 * np.tanh(sharpness * values)
 
 
-def _blob(xs: np.ndarray, ys: np.ndarray, x0: float, y0: float, sx: float, sy: float):
+def _blob(xs: np.ndarray, ys: np.ndarray, x0: float, y0: float, sx: float, sy: float) -> np.ndarray:
     return np.exp(-(((xs - x0) / sx) ** 2 + ((ys - y0) / sy) ** 2))
 
 
-def _render(label, anatomy, xs, ys, textures, rng) -> np.ndarray:
+def _render(
+    label: int,
+    anatomy: dict[str, float],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    textures: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One image in [0, 1] of class ``label`` for a patient's ``anatomy``."""
     name = CLASS_NAMES[label]
     side = anatomy["side"]

@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for metric in METRICS:
             summary = row[metric]
+            if summary["n"] < 2:
+                cells.append(f"{metric} {100 * summary['mean']:.2f} (one seed)")
+                continue
             cells.append(
                 f"{metric} {100 * summary['mean']:.2f} ± {100 * summary['sd']:.2f} "
                 f"[{100 * summary['ci95_low']:.2f}, {100 * summary['ci95_high']:.2f}]"
