@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .presets import NATIVE_IMAGE_SIZE, TOP_N_TORCH
+from .presets import NATIVE_IMAGE_SIZE, TOP_N_TORCH, StudyConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,26 +99,44 @@ def get_backbone(name: str) -> TorchBackbone:
     """The registered backbone ``name``.
 
     Raises:
-        ValueError: Unknown name (the message lists the known ones).
+        StudyConfigError: Unknown name (the message lists the known ones).
     """
     if name not in _REGISTRY:
-        raise ValueError(
+        raise StudyConfigError(
             f"unknown PyTorch backbone {name!r}; choose from {available_backbones()}"
         )
     return _REGISTRY[name]
 
 
-def weight_layers(module: nn.Module) -> list[nn.Module]:
-    """Modules owning parameters themselves, BatchNorm excluded, in registration order.
+def layer_groups(module: nn.Module) -> list[list[nn.Module]]:
+    """The backbone's "layers", input to output: one per module owning weights, BN excluded.
 
-    This is the study's PyTorch "layer": the unit of the traditional top-n and
-    of the dynamic groups (BatchNorm stays frozen in both strategies anyway).
+    This is the study's PyTorch layer, the unit of the traditional top-n and of
+    the dynamic groups. Each BatchNorm rides along with the layer registered
+    before it (one before any layer joins the first group), so the groups cover
+    every backbone parameter; BatchNorm stays frozen in both strategies anyway.
     """
+    groups: list[list[nn.Module]] = []
+    leading_norms: list[nn.Module] = []
+    for child in module.modules():
+        if not any(True for _ in child.parameters(recurse=False)):
+            continue
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            (groups[-1] if groups else leading_norms).append(child)
+        else:
+            groups.append([child])
+    if groups:
+        groups[0][:0] = leading_norms
+    return groups
+
+
+def trainable_parameters(group: list[nn.Module]) -> list[nn.Parameter]:
+    """Parameters of a layer group that training may change (BatchNorm's stay frozen)."""
     return [
-        m
-        for m in module.modules()
-        if any(True for _ in m.parameters(recurse=False))
-        and not isinstance(m, nn.modules.batchnorm._BatchNorm)
+        parameter
+        for layer in group
+        if not isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        for parameter in layer.parameters(recurse=False)
     ]
 
 
@@ -165,13 +183,13 @@ def build_classifier(
         The model and an honest description of its weights.
 
     Raises:
-        ValueError: Unknown backbone, image too small, unknown weights value.
+        StudyConfigError: Unknown backbone, image too small, file of another architecture.
         WeightsUnavailableError: ImageNet weights cannot be fetched here.
         FileNotFoundError: The weights path does not exist.
     """
     spec = get_backbone(name)
     if image_size < spec.min_size:
-        raise ValueError(
+        raise StudyConfigError(
             f"--image-size {image_size} is too small for {name}; it needs >= {spec.min_size}"
         )
     if weights == "imagenet":
@@ -198,7 +216,7 @@ def load_backbone_file(features: nn.Module, path: Path, name: str) -> None:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The file does not hold the weights of this architecture.
+        StudyConfigError: The file does not hold the weights of this architecture.
     """
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file")
@@ -209,7 +227,7 @@ def load_backbone_file(features: nn.Module, path: Path, name: str) -> None:
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = sorted(set(own) - set(usable))
     if missing:
-        raise ValueError(
+        raise StudyConfigError(
             f"--weights {path} does not fit backbone {name}: {len(missing)} of its {len(own)} "
             f"tensors are missing or differ in shape (first: {missing[:3]})"
         )

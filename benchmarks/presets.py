@@ -21,6 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+
+class StudyConfigError(ValueError):
+    """A study setting is invalid (the message names the value and what is allowed)."""
+
+
 PAPER_BACKBONES = (
     "xception",
     "densenet121",
@@ -50,8 +55,9 @@ TOP_N_KERAS = {
 # same architecture (counted with keras.applications 3.15), so both frameworks
 # unfreeze the same convolutions. timm splits each Keras SeparableConv2D into a
 # depthwise and a pointwise module, hence Xception's 21 Keras weight layers
-# (20 separable convolutions + 1 skip convolution) are 41 modules. EfficientNet-Lite0 is not in the paper: 10
-# matches MobileNetV2, its closest relative (last three MBConv blocks + head conv).
+# (20 separable convolutions + 1 skip convolution) are 41 modules.
+# EfficientNet-Lite0 is not in the paper: 10 matches MobileNetV2, its closest
+# relative (last three MBConv blocks + head conv).
 TOP_N_TORCH = {
     "xception": 41,
     "densenet121": 49,
@@ -99,6 +105,12 @@ class StudyConfig:
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
         phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 600.
         phantom_size: Side of the generated phantom images. Defaults to 96.
+        balance: ``"weights"`` (Eq. 14 loss), ``"sampler"`` (class-balanced
+            batches) or ``"both"`` (the paper's literal wording). Defaults to
+            ``"weights"`` (see ``training_common.TrainingData``).
+        threads: Intra-op CPU threads of the framework; ``None`` keeps its
+            default. Defaults to 1: on a shared 2-core CPU one thread trained
+            EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
     """
 
     framework: str = "torch"
@@ -117,6 +129,8 @@ class StudyConfig:
     top_n: dict[str, int] = field(default_factory=dict)
     phantom_images: int = 600
     phantom_size: int = 96
+    balance: str = "weights"
+    threads: int | None = 1
 
     def top_n_for(self, backbone: str, default: int) -> int:
         """The traditional top-n for ``backbone``: the override if given, else ``default``."""
@@ -137,6 +151,7 @@ PAPER = StudyConfig(
     decay=0.1,
     phantom_images=2000,
     phantom_size=256,
+    threads=None,
 )
 
 PRESETS = {"quick": QUICK, "paper": PAPER}

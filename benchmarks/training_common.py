@@ -24,6 +24,8 @@ from .augment import augment_minority
 from .balance import balanced_indices, class_weights, minority_mask
 
 LOAD_REPEATS = 3
+# How class imbalance is countered: Eq. 14 loss weights, class-balanced sampling, or both.
+BALANCE_MODES = ("weights", "sampler", "both")
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -67,6 +69,11 @@ class TrainingData:
         num_classes: Number of classes ``C``.
         batch_size: Mini-batch size.
         seed: Seeds the sampler and the augmentation.
+        balance: ``"weights"`` (Eq. 14 class-weighted loss over shuffled
+            epochs), ``"sampler"`` (class-balanced sampling with replacement,
+            unweighted loss) or ``"both"``. Defaults to ``"weights"``: each
+            alone makes the classes count equally, together they overcorrect
+            (the rarest class's weight applies on top of its boosted frequency).
     """
 
     def __init__(
@@ -77,13 +84,18 @@ class TrainingData:
         num_classes: int,
         batch_size: int,
         seed: int,
+        balance: str = "weights",
     ) -> None:
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
         self.train, self.val, self.test = train, val, test
         self.num_classes = num_classes
         self.batch_size = batch_size
+        self.balance = balance
         self.rng = np.random.default_rng(seed)
         # Eq. 14 weights from the training labels only, so val/test never leak in
-        self.class_weights = class_weights(train.labels, num_classes).astype(np.float32)
+        weights = class_weights(train.labels, num_classes).astype(np.float32)
+        self.class_weights = weights if balance != "sampler" else np.ones_like(weights)
         self.minority = minority_mask(train.labels, num_classes)
 
     @property
@@ -92,8 +104,12 @@ class TrainingData:
         return -(-len(self.train.labels) // self.batch_size)
 
     def epoch_plan(self) -> list[np.ndarray]:
-        """Index arrays of one epoch's class-balanced training batches."""
-        order = balanced_indices(self.train.labels, len(self.train.labels), self.rng)
+        """Index arrays of one epoch's training batches (class-balanced when sampling)."""
+        count = len(self.train.labels)
+        if self.balance == "weights":
+            order = self.rng.permutation(count)
+        else:
+            order = balanced_indices(self.train.labels, count, self.rng)
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def train_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,6 +135,7 @@ def make_training_data(
     num_classes: int,
     batch_size: int,
     seed: int,
+    balance: str = "weights",
 ) -> TrainingData:
     """Cut ``images``/``labels`` by a ``benchmarks.splits.Split`` and resize every split.
 
@@ -130,13 +147,15 @@ def make_training_data(
         num_classes: Number of classes.
         batch_size: Mini-batch size.
         seed: Seeds sampling and augmentation.
+        balance: See :class:`TrainingData`. Defaults to ``"weights"``.
     """
 
     def part(indices: np.ndarray) -> SplitArrays:
         return SplitArrays(resize_images(images[indices], image_size), labels[indices])
 
     return TrainingData(
-        part(split.train), part(split.val), part(split.test), num_classes, batch_size, seed
+        part(split.train), part(split.val), part(split.test), num_classes, batch_size, seed,
+        balance,
     )
 
 
@@ -160,6 +179,80 @@ def timeline_entry(
         "val_loss": float(val_loss),
         "lr": float(lr),
         "num_unfrozen": int(num_unfrozen),
+    }
+
+
+@dataclass
+class RunContext:
+    """What one run needs besides its training data.
+
+    Args:
+        backbone: Backbone name.
+        strategy: ``"traditional"`` or ``"dynamic"``.
+        seed: Seed of the run (split, sampling, augmentation, head init).
+        data_name: Name of the data source, as given to ``--data``.
+        synthetic: Whether the data are synthetic.
+        class_names: Class names in label order.
+        image_size: Side of the input images.
+        out_dir: Study output folder; models go to ``out_dir/models``.
+    """
+
+    backbone: str
+    strategy: str
+    seed: int
+    data_name: str
+    synthetic: bool
+    class_names: list[str]
+    image_size: int
+    out_dir: Path
+
+    def model_path(self, framework: str, suffix: str) -> Path:
+        """Where this run's model is saved (folder created)."""
+        folder = self.out_dir / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{framework}_{self.backbone}_{self.strategy}_seed{self.seed}{suffix}"
+
+
+def run_record(
+    ctx: RunContext,
+    *,
+    framework: str,
+    weights: str,
+    metrics: dict[str, Any],
+    timeline: list[dict[str, Any]],
+    best_epoch: int | None,
+    wall_s: float,
+    model_path: Path,
+    load_s: float,
+    top_n: int | None,
+    num_groups: int | None,
+    unfreeze_events: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The run dict consumed by ``benchmarks.report`` (keys fixed by the shared contract)."""
+    return {
+        "framework": framework,
+        "backbone": ctx.backbone,
+        "strategy": ctx.strategy,
+        "seed": ctx.seed,
+        "weights": weights,
+        "data": ctx.data_name,
+        "synthetic": ctx.synthetic,
+        "image_size": ctx.image_size,
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "per_class": metrics["per_class"],
+        "confusion_normalized": metrics["confusion_normalized"],
+        "class_names": list(ctx.class_names),
+        "epochs": len(timeline),
+        "best_epoch": best_epoch,
+        "wall_s": wall_s,
+        "size_mb": file_size_mb(model_path),
+        "load_s": load_s,
+        "top_n": top_n,
+        "num_groups": num_groups,
+        "unfreeze_events": unfreeze_events,
+        "timeline": timeline,
+        "model_path": str(model_path),
     }
 
 
