@@ -294,9 +294,9 @@ def _read_image(path: Path, image_size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+        with Image.open(path) as opened:
+            gray = opened.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(gray, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as error:
         raise DataError(f"cannot read image {path}: {error}") from error
 

@@ -13,6 +13,7 @@ import math
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,7 +56,7 @@ REQUIRED_RUN_KEYS = (
 )
 STRATEGIES = ("traditional", "dynamic")
 STRATEGY_COLOURS = {"traditional": "tab:blue", "dynamic": "tab:orange"}
-EVENT_LABEL_STYLE = {
+EVENT_LABEL_STYLE: dict[str, Any] = {
     "xycoords": ("data", "axes fraction"), "xytext": (-2, -4), "textcoords": "offset points",
     "rotation": 90, "va": "top", "ha": "right", "fontsize": 7, "color": "tab:red",
 }  # fmt: skip
@@ -155,7 +156,7 @@ def _save(figure: Figure, path: Path) -> None:
 
 def _draw_figures(figures_dir: Path, runs: list[dict]) -> dict:
     groups = _grouped(runs)
-    figures = {
+    figures: dict[str, Any] = {
         "accuracy": _bar_figure(groups, "accuracy", "Accuracy (%)", figures_dir),
         "macro_f1": _bar_figure(groups, "macro_f1", "Macro-F1 (%)", figures_dir),
         "confusion": None,
@@ -183,7 +184,7 @@ def _bar_figure(groups, metric: str, axis_label: str, figures_dir: Path) -> Path
         means, errors = [], []
         for label in labels:
             values = [100 * float(run[metric]) for run in groups[label].get(strategy, [])]
-            means.append(np.mean(values) if values else np.nan)
+            means.append(float(np.mean(values)) if values else math.nan)
             errors.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
         positions = np.arange(len(labels)) + offset
         colour = STRATEGY_COLOURS[strategy]

@@ -96,7 +96,7 @@ def split_dataset(
     notes.insert(0, f"patient-level split (seed {seed}): {summary}")
     if len(patients) == len(ds.labels):
         notes.append("every patient has one image: the split is effectively image-level")
-    return Split(*indices, notes=notes)
+    return Split(train=indices[0], val=indices[1], test=indices[2], notes=notes)
 
 
 def _fill_class(members, sizes, targets, assignment) -> None:
@@ -174,4 +174,4 @@ def _official(ds: Dataset, official: dict[str, np.ndarray]) -> Split:
     shared |= patient_sets[1] & patient_sets[2]
     if shared:
         notes.append(f"official split puts {len(shared)} patient id(s) in more than one split")
-    return Split(*indices, notes=notes)
+    return Split(train=indices[0], val=indices[1], test=indices[2], notes=notes)
