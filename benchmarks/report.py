@@ -191,7 +191,8 @@ def _bar_figure(groups, metric: str, axis_label: str, figures_dir: Path) -> Path
         bars = axes.bar(
             positions, means, width, yerr=errors, capsize=3, label=strategy, color=colour
         )
-        axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        texts = [f"{mean:.1f}" if math.isfinite(mean) else "" for mean in means]
+        axes.bar_label(bars, labels=texts, fontsize=7, padding=2)
     axes.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right")
     axes.set_ylabel(axis_label)
     axes.set_ylim(0, 105)
