@@ -1,0 +1,126 @@
+"""Worker processes for the DDP tests (2 CPU ranks on gloo, started by torch.multiprocessing)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from dynft_torch import DynamicFineTuner
+from tiny_models import TinyNet, make_data, state_copy, train_epoch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+WORLD_SIZE = 2
+# The mean over ranks of the scripted monitor, and each rank's deviation from it: alone, rank 1
+# would see an improvement at epoch 2 and rank 0 none at epoch 3, so only a synchronised value
+# gives both ranks the decisions of the mean trace.
+MEAN_TRACE = (1.0, 1.1, 0.9, 1.0, 0.8)
+RANK_DEVIATION = (0.0, 0.4, 0.3, 0.0, 0.2)
+TUNER_OPTIONS = {"patience": 1, "step": 2, "decay": 0.5, "max_epochs": 10}
+
+
+def rank_value(epoch: int, rank: int) -> float:
+    """The monitored value rank ``rank`` reports after epoch ``epoch`` (0-based)."""
+    sign = 1.0 if rank == 0 else -1.0
+    return MEAN_TRACE[epoch] + sign * RANK_DEVIATION[epoch] / 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(worker, *args) -> None:
+    """Run ``worker(rank, port, *args)`` on ``WORLD_SIZE`` fresh processes and wait."""
+    mp.spawn(worker, args=(free_port(), *args), nprocs=WORLD_SIZE, join=True)
+
+
+def _environment(rank: int, port: int) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD_SIZE),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
+
+
+def plain_ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    """Train TinyNet under DDP twice: re-wrapping after each unfreeze, and never re-wrapping."""
+    _environment(rank, port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    for rewrap in (True, False):
+        torch.manual_seed(0)
+        model = TinyNet()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        tuner = DynamicFineTuner(model, optimizer, model.backbone, **TUNER_OPTIONS)
+        initial = state_copy(model)
+        ddp_model: nn.Module = DistributedDataParallel(model)
+        data = make_data(seed=10 + rank)  # each rank trains on its own shard
+        decisions = []
+        for epoch in range(len(MEAN_TRACE)):
+            train_epoch(ddp_model, optimizer, data)
+            decision = tuner.step(rank_value(epoch, rank))
+            decisions.append(decision.to_dict())
+            if decision.newly_unfrozen and rewrap:
+                ddp_model = DistributedDataParallel(model)
+        result = {"decisions": decisions, "state": state_copy(model), "initial": initial}
+        torch.save(result, Path(out_dir) / f"rewrap{rewrap}-rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def lightning_ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    """``Trainer(strategy="ddp", accelerator="cpu", devices=2)`` with the callback."""
+    _environment(rank, port)
+    import lightning.pytorch as pl
+    from dynft_torch.lightning import DynamicFineTuning
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class ScriptedModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = TinyNet()
+
+        def training_step(self, batch, batch_index):
+            images, labels = batch
+            return nn.functional.cross_entropy(self.net(images), labels)
+
+        def validation_step(self, batch, batch_index):
+            self.log("score", rank_value(self.current_epoch, self.global_rank))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.2, momentum=0.9)
+
+    module = ScriptedModule()
+    initial = state_copy(module)
+    images, labels = make_data(n=32, seed=7)
+    train = DataLoader(TensorDataset(images, labels), batch_size=8)
+    val = DataLoader(TensorDataset(images[:4], labels[:4]), batch_size=4)
+    callback = DynamicFineTuning(monitor="score", backbone="net.backbone", **TUNER_OPTIONS)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=WORLD_SIZE,
+        strategy="ddp",
+        max_epochs=len(MEAN_TRACE),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
+    trainer.fit(module, train, val)
+    result = {
+        "decisions": [d.to_dict() for d in callback.decisions],
+        "state": state_copy(module),
+        "initial": initial,
+    }
+    torch.save(result, Path(out_dir) / f"lightning-rank{rank}.pt")

@@ -1,0 +1,80 @@
+"""DDP on 2 CPU processes (gloo): identical decisions and weights on every rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ddp_workers import (
+    MEAN_TRACE,
+    TUNER_OPTIONS,
+    WORLD_SIZE,
+    lightning_ddp_worker,
+    plain_ddp_worker,
+    spawn,
+)
+
+from dynft_core import UnfreezeScheduler
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+
+def expected_decisions(epochs: int) -> list[dict]:
+    scheduler = UnfreezeScheduler(4, **TUNER_OPTIONS)
+    return [scheduler.step(value).to_dict() for value in MEAN_TRACE[:epochs]]
+
+
+def load(tmp_path, tag):
+    return [
+        torch.load(tmp_path / f"{tag}-rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)
+    ]
+
+
+def assert_same_weights(results) -> None:
+    for name, tensor in results[0]["state"].items():
+        assert torch.equal(tensor, results[1]["state"][name]), f"ranks differ in {name}"
+
+
+def assert_newly_unfrozen_trained(result, prefix: str) -> None:
+    for block in range(4):
+        name = f"{prefix}backbone.{block}.0.weight"
+        assert not torch.equal(result["state"][name], result["initial"][name]), name
+        bn = f"{prefix}backbone.{block}.1.running_mean"
+        assert torch.equal(result["state"][bn], result["initial"][bn]), bn
+
+
+def test_plain_ddp_rewrap_keeps_ranks_identical(tmp_path):
+    spawn(plain_ddp_worker, str(tmp_path))
+    results = load(tmp_path, "rewrapTrue")
+    expected = expected_decisions(len(MEAN_TRACE))
+    assert [d["newly_unfrozen"] for d in expected] == [[], [2, 3], [], [0, 1], []]
+    for result in results:
+        assert result["decisions"] == expected
+    assert_same_weights(results)
+    assert_newly_unfrozen_trained(results[0], "")
+
+    # control: without re-wrapping, the reducer never averages the newly unfrozen gradients
+    stale = load(tmp_path, "rewrapFalse")
+    assert stale[0]["decisions"] == stale[1]["decisions"] == expected
+    diverged = [
+        name
+        for name, tensor in stale[0]["state"].items()
+        if not torch.equal(tensor, stale[1]["state"][name])
+    ]
+    assert "backbone.3.0.weight" in diverged and "head.weight" not in diverged
+
+
+def test_lightning_ddp_strategy(tmp_path):
+    pytest.importorskip("lightning")
+    spawn(lightning_ddp_worker, str(tmp_path))
+    results = load(tmp_path, "lightning")
+    expected = expected_decisions(len(MEAN_TRACE))
+    for result in results:  # Lightning logs float32: compare values approximately
+        values = [d.pop("value") for d in result["decisions"]]
+        assert values == pytest.approx([d["value"] for d in expected], rel=1e-6)
+        assert result["decisions"] == [
+            {k: v for k, v in d.items() if k != "value"} for d in expected
+        ]
+    assert_same_weights(results)
+    assert_newly_unfrozen_trained(results[0], "net.")
