@@ -1,24 +1,15 @@
-"""The study report: results.csv, results.json, report.md and the figures of the paper.
-
-Figures are drawn with matplotlib's Agg canvas (no display needed): accuracy and F1 bars per
-backbone for both strategies (the paper's Figs 3-4, traditional blue, dynamic orange), the
-normalised confusion matrix of the best run (Fig 5) and one training timeline per run.
-"""
+"""The study report: results.csv, results.json, report.md, and the figures (see ``figures``)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import re
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from benchmarks.figures import STRATEGIES, best_run, draw_figures, grouped_runs
 from benchmarks.stats import compare_strategies, summarize_seeds
 
 RESULT_COLUMNS = (
@@ -54,12 +45,6 @@ REQUIRED_RUN_KEYS = (
     "size_mb",
     "load_s",
 )
-STRATEGIES = ("traditional", "dynamic")
-STRATEGY_COLOURS = {"traditional": "tab:blue", "dynamic": "tab:orange"}
-EVENT_LABEL_STYLE: dict[str, Any] = {
-    "xycoords": ("data", "axes fraction"), "xytext": (-2, -4), "textcoords": "offset points",
-    "rotation": 90, "va": "top", "ha": "right", "fontsize": 7, "color": "tab:red",
-}  # fmt: skip
 SETUP_KEYS = (
     "data", "framework", "preset", "backbones", "strategies", "seeds", "image_size", "epochs",
     "weights", "command",
@@ -100,7 +85,7 @@ def write_report(out_dir: Path, runs: list[dict], meta: dict) -> Path:
     document = {"meta": meta, "statistics": statistics, "runs": runs}
     with (out_dir / "results.json").open("w") as handle:
         json.dump(_jsonable(document), handle, indent=2, allow_nan=False)
-    figures = _draw_figures(figures_dir, runs)
+    figures = draw_figures(figures_dir, runs)
     report = out_dir / "report.md"
     report.write_text(_markdown(runs, meta, statistics, figures, out_dir))
     return report
@@ -129,131 +114,6 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _label(run: dict, frameworks: set[str]) -> str:
-    return run["backbone"] if len(frameworks) == 1 else f"{run['framework']}/{run['backbone']}"
-
-
-def _grouped(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
-    """label -> strategy -> runs, in first-seen backbone order."""
-    frameworks = {run["framework"] for run in runs}
-    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        groups[_label(run, frameworks)][run["strategy"]].append(run)
-    return groups
-
-
-def _best_run(runs: list[dict]) -> dict:
-    return max(runs, key=lambda run: (float(run["accuracy"]), float(run["macro_f1"])))
-
-
-def _save(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
-def _draw_figures(figures_dir: Path, runs: list[dict]) -> dict:
-    groups = _grouped(runs)
-    figures: dict[str, Any] = {
-        "accuracy": _bar_figure(groups, "accuracy", "Accuracy (%)", figures_dir),
-        "macro_f1": _bar_figure(groups, "macro_f1", "Macro-F1 (%)", figures_dir),
-        "confusion": None,
-        "timelines": [],
-    }
-    best = _best_run(runs)
-    if best.get("confusion_normalized") and best.get("class_names"):
-        figures["confusion"] = _confusion_figure(best, figures_dir / "confusion_best.png")
-    for run in runs:
-        if run.get("timeline"):
-            stem = (
-                f"timeline_{run['framework']}_{run['backbone']}_{run['strategy']}_seed{run['seed']}"
-            )
-            path = figures_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", stem) + ".png")
-            figures["timelines"].append((run, _timeline_figure(run, path)))
-    return figures
-
-
-def _bar_figure(groups, metric: str, axis_label: str, figures_dir: Path) -> Path:
-    labels = list(groups)
-    figure = Figure(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.2))
-    axes = figure.add_subplot()
-    width = 0.38
-    for offset, strategy in zip((-width / 2, width / 2), STRATEGIES, strict=True):
-        means, errors = [], []
-        for label in labels:
-            values = [100 * float(run[metric]) for run in groups[label].get(strategy, [])]
-            means.append(float(np.mean(values)) if values else math.nan)
-            errors.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
-        positions = np.arange(len(labels)) + offset
-        colour = STRATEGY_COLOURS[strategy]
-        bars = axes.bar(
-            positions, means, width, yerr=errors, capsize=3, label=strategy, color=colour
-        )
-        texts = [f"{mean:.1f}" if math.isfinite(mean) else "" for mean in means]
-        axes.bar_label(bars, labels=texts, fontsize=7, padding=2)
-    axes.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right")
-    axes.set_ylabel(axis_label)
-    axes.set_ylim(0, 105)
-    axes.set_title(f"{axis_label} per backbone, mean ± SD over seeds", fontsize=10)
-    axes.legend(loc="lower right")
-    path = figures_dir / f"{metric}_by_backbone.png"
-    _save(figure, path)
-    return path
-
-
-def _confusion_figure(run: dict, path: Path) -> Path:
-    matrix = np.asarray(run["confusion_normalized"], dtype=float)
-    names = list(run["class_names"])
-    size = 2.5 + 0.7 * len(names)
-    figure = Figure(figsize=(size + 1.2, size))
-    axes = figure.add_subplot()
-    image = axes.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    for row, column in np.ndindex(matrix.shape):
-        colour = "white" if matrix[row, column] > 0.5 else "black"
-        text = f"{matrix[row, column]:.2f}"
-        axes.text(column, row, text, ha="center", va="center", color=colour, fontsize=8)
-    axes.set_xticks(range(len(names)), names, rotation=35, ha="right")
-    axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("Predicted class")
-    axes.set_ylabel("True class")
-    axes.set_title(f"Normalised confusion: {run['backbone']} {run['strategy']} seed {run['seed']}")
-    _save(figure, path)
-    return path
-
-
-def _timeline_figure(run: dict, path: Path) -> Path:
-    timeline = run["timeline"]
-    epochs = [entry["epoch"] for entry in timeline]
-    figure = Figure(figsize=(7.0, 3.8))
-    loss_axes = figure.add_subplot()
-    for key, style in (("train_loss", ":"), ("val_loss", "-")):
-        values = [entry.get(key) for entry in timeline]
-        if any(value is not None for value in values):
-            values = [np.nan if value is None else value for value in values]
-            loss_axes.plot(epochs, values, style, marker=".", label=key.replace("_", " "))
-    loss_axes.set_xlabel("Epoch")
-    loss_axes.set_ylabel("Loss")
-    rate_axes = loss_axes.twinx()
-    rates = [entry.get("lr") for entry in timeline]
-    if all(rate is not None and rate > 0 for rate in rates):
-        rate_axes.step(epochs, rates, where="post", color="tab:green", label="learning rate")
-        rate_axes.set_yscale("log")
-    rate_axes.set_ylabel("Learning rate")
-    for event in run.get("unfreeze_events") or []:
-        loss_axes.axvline(event["epoch"], color="tab:red", linestyle="--", linewidth=1)
-        text = f"{event['num_unfrozen']} unfrozen"
-        loss_axes.annotate(text, (event["epoch"], 1.0), **EVENT_LABEL_STYLE)
-    handles, names = loss_axes.get_legend_handles_labels()
-    more_handles, more_names = rate_axes.get_legend_handles_labels()
-    loss_axes.legend(handles + more_handles, names + more_names, fontsize=8, loc="upper right")
-    loss_axes.set_title(
-        f"{run['framework']} {run['backbone']} {run['strategy']} seed {run['seed']}"
-    )
-    _save(figure, path)
-    return path
 
 
 def _mean_sd(values: list, scale: float = 1.0, digits: int = 1) -> str:
@@ -398,7 +258,7 @@ def _figures_section(figures: dict, out_dir: Path) -> list[str]:
 
 def _markdown(runs, meta, statistics, figures, out_dir: Path) -> str:
     synthetic = bool(meta.get("synthetic")) or any(run.get("synthetic") for run in runs)
-    groups = _grouped(runs)
+    groups = grouped_runs(runs)
     banner = [SYNTHETIC_BANNER, ""] if synthetic else []
     lines = ["# Fine-tuning study: traditional vs dynamic", "", *banner]
     lines += _setup_section(runs, meta)
@@ -408,7 +268,7 @@ def _markdown(runs, meta, statistics, figures, out_dir: Path) -> str:
     lines += _strategy_table(groups, "dynamic")
     lines += ["", "Values are mean ± SD over seeds where more than one seed ran.", ""]
     lines += _statistics_section(statistics)
-    lines += _best_run_section(_best_run(runs))
+    lines += _best_run_section(best_run(runs))
     lines += _figures_section(figures, out_dir)
     lines += ["", *banner]
     return "\n".join(lines).rstrip() + "\n"
