@@ -1,0 +1,166 @@
+"""Keras backbones of the study (keras.applications) and the registry for user backbones.
+
+Each backbone is a ``keras.applications`` model without its top; the study
+adds global average pooling and a softmax head. Preprocessing is the
+application's own ``preprocess_input`` applied to 0..255 RGB batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .presets import NATIVE_IMAGE_SIZE, TOP_N_KERAS, StudyConfigError
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested pretrained weights cannot be loaded (e.g. no network)."""
+
+
+@dataclass(frozen=True)
+class KerasBackbone:
+    """How to build and feed one backbone.
+
+    Args:
+        name: Registry name.
+        build: ``build(weights, image_size) -> keras.Model`` without top, where
+            ``weights`` is ``"imagenet"`` or ``None``.
+        preprocess: Maps float32 0..255 RGB batches ``(B, H, W, 3)`` to the
+            backbone's input range.
+        top_n: Traditional default: layers of ``model.layers`` unfrozen from
+            the top (the paper's Table 3 counting).
+        native_size: Input size the ImageNet weights were trained at.
+        min_size: Smallest input side the architecture accepts. Defaults to 32.
+    """
+
+    name: str
+    build: Callable[[str | None, int], keras.Model]
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    top_n: int
+    native_size: int
+    min_size: int = 32
+
+
+_REGISTRY: dict[str, KerasBackbone] = {}
+
+
+def register_backbone(backbone: KerasBackbone, *, replace: bool = False) -> None:
+    """Make ``backbone`` available to the study under ``backbone.name``.
+
+    Args:
+        backbone: The backbone description.
+        replace: Allow overriding an existing name. Defaults to False.
+
+    Raises:
+        ValueError: The name is taken and ``replace`` is False.
+    """
+    if backbone.name in _REGISTRY and not replace:
+        raise ValueError(
+            f"backbone {backbone.name!r} is already registered; pass replace=True to override it"
+        )
+    _REGISTRY[backbone.name] = backbone
+
+
+def available_backbones() -> list[str]:
+    """Names of every registered Keras backbone."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> KerasBackbone:
+    """The registered backbone ``name``.
+
+    Raises:
+        StudyConfigError: Unknown name (the message lists the known ones).
+    """
+    if name not in _REGISTRY:
+        raise StudyConfigError(
+            f"unknown Keras backbone {name!r}; choose from {available_backbones()}"
+        )
+    return _REGISTRY[name]
+
+
+def build_base(name: str, weights: str, image_size: int) -> tuple[keras.Model, str]:
+    """Build backbone ``name`` at ``image_size`` and report honestly which weights it holds.
+
+    Args:
+        name: Registered backbone name.
+        weights: ``"imagenet"`` (the keras.applications loader), ``"none"`` or
+            the path of a no-top weights file (``model.load_weights``).
+        image_size: Input side in pixels.
+
+    Returns:
+        The base model and a description of its weights.
+
+    Raises:
+        StudyConfigError: Unknown backbone, image too small, file of another architecture.
+        WeightsUnavailableError: ImageNet weights cannot be fetched here.
+        FileNotFoundError: The weights path does not exist.
+    """
+    spec = get_backbone(name)
+    if image_size < spec.min_size:
+        raise StudyConfigError(
+            f"--image-size {image_size} is too small for {name}; it needs >= {spec.min_size}"
+        )
+    if weights == "imagenet":
+        try:
+            return spec.build("imagenet", image_size), "imagenet"
+        except Exception as err:  # the loader raises a bare Exception on a failed download
+            raise WeightsUnavailableError(
+                f"could not load ImageNet weights for {name} through keras.applications "
+                f"({type(err).__name__}: {err}). Without network access use --weights PATH (a "
+                "no-top weights file, e.g. one copied from ~/.keras/models on another machine) "
+                "or --weights none (random init)"
+            ) from err
+    base = spec.build(None, image_size)
+    if weights == "none":
+        return base, "none (random init)"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file")
+    try:
+        # convolution weights do not depend on the input size, so a 224-px file fits any size
+        base.load_weights(path)
+    except (ValueError, KeyError, OSError) as err:
+        raise StudyConfigError(
+            f"--weights {path} does not fit the Keras backbone {name} "
+            f"({type(err).__name__}: {err}); give a no-top weights file of that architecture"
+        ) from err
+    return base, str(path)
+
+
+def _application(
+    factory: Callable[..., keras.Model], **extra: object
+) -> Callable[[str | None, int], keras.Model]:
+    def build(weights: str | None, image_size: int) -> keras.Model:
+        return factory(
+            include_top=False, weights=weights, input_shape=(image_size, image_size, 3), **extra
+        )
+
+    return build
+
+
+def _register_builtins() -> None:
+    apps = keras.applications
+    builtins = [
+        ("xception", apps.Xception, apps.xception.preprocess_input, 71),
+        ("densenet121", apps.DenseNet121, apps.densenet.preprocess_input, 32),
+        ("efficientnet_v2_s", apps.EfficientNetV2S, apps.efficientnet_v2.preprocess_input, 32),
+        ("inception_v3", apps.InceptionV3, apps.inception_v3.preprocess_input, 75),
+        ("mobilenet_v2", apps.MobileNetV2, apps.mobilenet_v2.preprocess_input, 32),
+        ("resnet50", apps.ResNet50, apps.resnet50.preprocess_input, 32),
+        ("vgg16", apps.VGG16, apps.vgg16.preprocess_input, 32),
+    ]
+    for name, factory, preprocess, min_size in builtins:
+        register_backbone(
+            KerasBackbone(
+                name, _application(factory), preprocess, TOP_N_KERAS[name],
+                NATIVE_IMAGE_SIZE[name], min_size,
+            )
+        )
+
+
+_register_builtins()
