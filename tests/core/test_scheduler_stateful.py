@@ -182,8 +182,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert decision.stop is expected.stop is s.stopped
         assert decision.trainable_groups == s.trainable_groups
         assert s.history[-1] is decision and len(s.history) == s.epoch
+        # Read straight off the history: the misses in a row since the last improvement or
+        # unfreeze. Reaching `patience` must unfreeze (if anything is frozen) or stop.
+        misses = 0
+        for earlier in reversed(s.history):
+            if earlier.improved or (earlier.newly_unfrozen and earlier is not decision):
+                break
+            misses += 1
+        assert misses <= s.patience
+        unfrozen_before = decision.num_unfrozen - len(decision.newly_unfrozen)
+        plateau = misses == s.patience
+        assert bool(decision.newly_unfrozen) == (plateau and unfrozen_before < s.num_groups)
+        if plateau and unfrozen_before == s.num_groups:
+            assert decision.stop
         if decision.newly_unfrozen:
-            # an unfreeze is exactly the patience-th non-improving epoch in a row
             assert not decision.improved and s.wait == 0
             assert "unfroze group" in decision.reason
         else:
