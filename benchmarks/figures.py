@@ -24,6 +24,7 @@ EVENT_LABEL_STYLE: dict[str, Any] = {
     "rotation": 90, "va": "top", "ha": "right", "fontsize": 7, "color": "tab:red",
 }  # fmt: skip
 
+
 def _label(run: dict, frameworks: set[str]) -> str:
     return run["backbone"] if len(frameworks) == 1 else f"{run['framework']}/{run['backbone']}"
 
