@@ -1,0 +1,100 @@
+"""Learning-rate schedules, the logs written for other callbacks, and the monitor check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from keras_helpers import ScriptedMonitor, tiny_data, tiny_model
+
+import keras
+from dynft_keras import DynamicFineTuning, ScaledSchedule
+
+
+def _schedule(step: int) -> float:
+    return 0.1 * 0.5 ** (step / 4)
+
+
+def test_schedule_is_scaled_and_continues_across_unfreezes():
+    model, backbone = tiny_model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=4, decay_rate=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="categorical_crossentropy")
+    x, y = tiny_data()  # 32 samples, batch 8: 4 steps per epoch
+    cb = DynamicFineTuning(backbone, patience=1, step=1, decay=0.5, verbose=0)
+    history = model.fit(
+        x, y, batch_size=8, epochs=5, verbose=0,
+        callbacks=[ScriptedMonitor([1.0, 1.1, 0.9, 1.0, 0.8]), cb],
+    )
+    # Unfreezes after epochs 2 and 4; at the end of epoch e, 4e steps were taken.
+    expected = [_schedule(4), 0.5 * _schedule(8), 0.5 * _schedule(12),
+                0.25 * _schedule(16), 0.25 * _schedule(20)]
+    np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-5)
+    live = model.optimizer.get_config()["learning_rate"]
+    restored = keras.optimizers.schedules.deserialize(live)
+    assert isinstance(restored, ScaledSchedule)
+    assert (restored.factor, restored.step_offset) == (0.25, 16)
+
+
+def test_scaled_schedule_round_trips_through_its_config():
+    inner = keras.optimizers.schedules.PiecewiseConstantDecay([10], [1.0, 0.5])
+    scaled = ScaledSchedule(inner, factor=0.9, step_offset=8)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(scaled))
+    for step in (0, 2, 3, 5):
+        assert float(keras.ops.convert_to_numpy(again(step))) == pytest.approx(
+            float(keras.ops.convert_to_numpy(scaled(step)))
+        )
+    # The inner schedule drops after step 10, i.e. after outer step 2.
+    assert float(keras.ops.convert_to_numpy(scaled(2))) == pytest.approx(0.9)
+    assert float(keras.ops.convert_to_numpy(scaled(3))) == pytest.approx(0.45)
+
+
+def test_logs_reach_csv_logger(tmp_path):
+    model, backbone = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.2), loss="categorical_crossentropy")
+    x, y = tiny_data()
+    cb = DynamicFineTuning(backbone, patience=1, step=2, decay=0.5, verbose=0)
+    log_file = tmp_path / "log.csv"
+    model.fit(
+        x, y, batch_size=16, epochs=3, verbose=0,
+        callbacks=[ScriptedMonitor([1.0, 2.0, 0.5]), cb, keras.callbacks.CSVLogger(str(log_file))],
+    )
+    rows = log_file.read_text().strip().splitlines()
+    header = rows[0].split(",")
+    unfrozen = [int(float(row.split(",")[header.index("dynft_unfrozen")])) for row in rows[1:]]
+    lrs = [float(row.split(",")[header.index("lr")]) for row in rows[1:]]
+    assert unfrozen == [0, 2, 2]
+    np.testing.assert_allclose(lrs, [0.2, 0.1, 0.1], rtol=1e-6)
+
+
+def test_verbose_prints_the_reason_of_each_unfreeze_and_the_stop(capsys):
+    model, backbone = tiny_model()
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    cb = DynamicFineTuning(backbone, patience=1, step=1, decay=0.5, verbose=1)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+              callbacks=[ScriptedMonitor([1.0, 2.0, 3.0]), cb])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "DynamicFineTuning" in line]
+    # Epoch 3 both unfreezes and reaches the budget: one line carries both.
+    assert len(lines) == 2
+    assert "unfroze group 2" in lines[0] and "stop" not in lines[0]
+    assert "unfroze group 1" in lines[1] and "epoch budget of 3 reached" in lines[1]
+
+
+def test_missing_monitor_lists_the_keys_present():
+    model, backbone = tiny_model()
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    cb = DynamicFineTuning(backbone, monitor="val_auc", verbose=0)
+    with pytest.raises(KeyError, match=r"monitors 'val_auc', but the epoch logs only have \['loss'\]"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+
+
+def test_mode_max_with_a_real_validation_metric():
+    model, backbone = tiny_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    x, y = tiny_data()
+    cb = DynamicFineTuning(backbone, monitor="val_accuracy", mode="max", patience=2, verbose=0)
+    history = model.fit(x, y, validation_data=tiny_data(count=8, seed=3), batch_size=16,
+                        epochs=3, verbose=0, callbacks=[cb])
+    values = history.history["val_accuracy"]
+    assert [d.value for d in cb.scheduler.history] == pytest.approx(values)
+    assert cb.scheduler.best == pytest.approx(max(values))
