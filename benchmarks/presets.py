@@ -92,8 +92,8 @@ class StudyConfig:
         backbones: Backbone names. Defaults to ``("efficientnet_lite0",)``.
         strategies: ``"traditional"`` and/or ``"dynamic"``. Defaults to both.
         image_size: Square input size in pixels; ``None`` means each backbone's
-            native size. Defaults to 64.
-        epochs: Epoch budget ``n`` shared by both strategies. Defaults to 12.
+            native size. Defaults to 96.
+        epochs: Epoch budget ``n`` shared by both strategies. Defaults to 20.
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
         batch_size: Mini-batch size for both strategies. Defaults to 32.
@@ -103,7 +103,7 @@ class StudyConfig:
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
         decay: Learning-rate decay per unfreeze (dynamic). Defaults to 0.1.
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
-        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 600.
+        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 800.
         phantom_size: Side of the generated phantom images. Defaults to 96.
         balance: ``"weights"`` (Eq. 14 loss), ``"sampler"`` (class-balanced
             batches) or ``"both"`` (the paper's literal wording). Defaults to
@@ -117,8 +117,8 @@ class StudyConfig:
     data: str = "phantom"
     backbones: tuple[str, ...] = ("efficientnet_lite0",)
     strategies: tuple[str, ...] = ("traditional", "dynamic")
-    image_size: int | None = 64
-    epochs: int = 12
+    image_size: int | None = 96
+    epochs: int = 20
     seeds: tuple[int, ...] = (0,)
     weights: str = "imagenet"
     batch_size: int = 32
@@ -127,7 +127,7 @@ class StudyConfig:
     step: int = 3
     decay: float = 0.1
     top_n: dict[str, int] = field(default_factory=dict)
-    phantom_images: int = 600
+    phantom_images: int = 800
     phantom_size: int = 96
     balance: str = "weights"
     threads: int | None = 1
