@@ -1,0 +1,96 @@
+"""Saving and resuming the tuner mid-run: identical later decisions and weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from dynft_torch import DynamicFineTuner
+from tiny_models import TinyNet, make_data, train_epoch
+
+# patience 2, step 1 over 4 groups: unfreezes at epochs 4 and 7, improvements after both
+VALUES = (1.0, 0.9, 0.95, 0.97, 0.85, 0.9, 0.92, 0.8)
+SAVE_AFTER = 4
+
+
+def build(seed: int, head_only: bool, restore_optimizer: bool):
+    torch.manual_seed(seed)
+    model = TinyNet()
+    params = model.head.parameters() if head_only else model.parameters()
+    optimizer = torch.optim.Adam(params, lr=0.01)
+    tuner = DynamicFineTuner(
+        model, optimizer, model.backbone, patience=2, step=1, restore_optimizer=restore_optimizer
+    )
+    return model, optimizer, tuner
+
+
+def run(model, optimizer, tuner, epochs) -> list[dict]:
+    decisions = []
+    for epoch in epochs:
+        torch.manual_seed(100 + epoch)  # the dropout-free model still gets fresh data per epoch
+        train_epoch(model, optimizer, make_data(seed=epoch))
+        decisions.append(tuner.step(VALUES[epoch]).to_dict())
+    return decisions
+
+
+@pytest.mark.parametrize(
+    ("head_only", "restore_optimizer"), [(True, True), (False, False)], ids=["head-only", "all"]
+)
+def test_resume_mid_run_gives_identical_decisions_and_weights(
+    tmp_path, head_only, restore_optimizer
+):
+    model, optimizer, tuner = build(0, head_only, restore_optimizer)
+    straight = run(model, optimizer, tuner, range(len(VALUES)))
+    assert [d["newly_unfrozen"] for d in straight] == [[], [], [], [3], [], [], [2], []]
+
+    first, opt_first, tuner_first = build(0, head_only, restore_optimizer)
+    resumed = run(first, opt_first, tuner_first, range(SAVE_AFTER))
+    path = tmp_path / "checkpoint.pt"
+    torch.save(
+        {
+            "model": first.state_dict(),
+            "optimizer": opt_first.state_dict(),
+            "tuner": tuner_first.state_dict(),
+        },
+        path,
+    )
+    checkpoint = torch.load(path, weights_only=True)
+    second, opt_second, tuner_second = build(1, head_only, restore_optimizer)
+    second.load_state_dict(checkpoint["model"])
+    tuner_second.load_state_dict(checkpoint["tuner"])
+    opt_second.load_state_dict(checkpoint["optimizer"])
+    resumed += run(second, opt_second, tuner_second, range(SAVE_AFTER, len(VALUES)))
+
+    assert resumed == straight
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(second.state_dict()[name], tensor), name
+    assert [g["lr"] for g in opt_second.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    assert len(opt_second.param_groups) == (3 if head_only else 1)
+
+
+def test_state_is_keyed_by_names_and_json_plain_apart_from_tensors():
+    model, optimizer, tuner = build(0, head_only=True, restore_optimizer=True)
+    run(model, optimizer, tuner, range(SAVE_AFTER))
+    state = tuner.state_dict()
+    json.dumps(state["scheduler"])
+    assert state["added_param_groups"] == [["backbone.3.0.weight"]]
+    # group 3 joined the snapshot when it was unfrozen (a later rollback must restore it)
+    assert set(state["snapshot"]) == {"head.weight", "head.bias", "backbone.3.0.weight"}
+    assert set(state["optimizer_snapshot"]["state"]) == {"head.weight", "head.bias"}
+
+
+def test_loading_into_a_differently_grouped_tuner_fails_clearly():
+    model, _, tuner = build(0, head_only=False, restore_optimizer=False)
+    other = DynamicFineTuner(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model.backbone,
+        groups="modules",
+        patience=2,
+        step=1,
+    )
+    with pytest.raises(ValueError, match="differ from this tuner's 8 groups"):
+        other.load_state_dict(tuner.state_dict())
+    with pytest.raises(ValueError, match="not a dynft_torch.DynamicFineTuner state"):
+        tuner.load_state_dict({"scheduler": {}})
