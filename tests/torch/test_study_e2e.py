@@ -1,0 +1,249 @@
+"""The study end to end on PyTorch: CLI on a tiny phantom set, outputs, flag validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import backbones_torch, study
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_STUDY = [
+    "--phantom-images",
+    "120",
+    "--image-size",
+    "32",
+    "--epochs",
+    "3",
+    "--patience",
+    "1",
+    "--seeds",
+    "0",
+    "--batch-size",
+    "16",
+]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.study --framework torch ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.study", "--framework", "torch", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    result = run_cli(
+        "--backbones", "efficientnet_lite0", "--weights", "imagenet", *TINY_STUDY, "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Report: {out / 'report.md'}" in result.stdout
+
+    rows = read_rows(out)
+    assert sorted(row["strategy"] for row in rows) == ["dynamic", "traditional"]
+    for row in rows:
+        assert row["framework"] == "torch" and row["backbone"] == "efficientnet_lite0"
+        assert row["weights"] == "imagenet"  # the package's real ImageNet file
+        assert 0.0 <= float(row["accuracy"]) <= 1.0 and 0.0 <= float(row["macro_f1"]) <= 1.0
+        assert 1 <= int(row["epochs"]) <= 3
+        assert float(row["size_mb"]) > 1.0 and float(row["load_s"]) > 0.0
+
+    document = json.loads((out / "results.json").read_text())
+    meta = document["meta"]
+    assert meta["synthetic"] is True and meta["framework"] == "torch"
+    assert meta["seeds"] == [0] and meta["epochs"] == 3
+    assert meta["environment"]["packages"]["torch"] is not None
+    runs = {run["strategy"]: run for run in document["runs"]}
+    assert runs["traditional"]["top_n"] == 10 and runs["traditional"]["num_groups"] is None
+    assert runs["dynamic"]["top_n"] is None and runs["dynamic"]["num_groups"] == 49
+    for run in runs.values():
+        assert [e["epoch"] for e in run["timeline"]] == list(range(1, run["epochs"] + 1))
+        assert 1 <= run["best_epoch"] <= run["epochs"]
+        assert Path(run["model_path"]).is_file()
+        assert len(run["confusion_normalized"]) == len(run["class_names"]) == 7
+    # patience 1: every epoch without improvement unfreezes 3 more groups at lr x0.9
+    dynamic = runs["dynamic"]
+    for event in dynamic["unfreeze_events"]:
+        assert len(event["groups"]) == 3 and event["groups"][-1] <= 48
+    assert [e["num_unfrozen"] for e in dynamic["unfreeze_events"]] == [
+        3 * (i + 1) for i in range(len(dynamic["unfreeze_events"]))
+    ]
+
+    report = (out / "report.md").read_text()
+    assert re.search(r"synthetic", report, re.IGNORECASE)
+    figures = re.findall(r"\((figures/[^)]+\.png)\)", report)
+    assert len(figures) >= 4
+    for figure in figures:
+        assert (out / figure).stat().st_size > 1000
+
+
+class TinyFeatures(nn.Module):
+    """A two-conv feature extractor standing in for a user's backbone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _tiny_build(pretrained: bool, image_size: int) -> nn.Module:
+    if pretrained:
+        raise OSError("no network in this test")
+    return TinyFeatures()
+
+
+@pytest.fixture
+def tiny_backbone() -> str:
+    spec = backbones_torch.TorchBackbone(
+        "tiny_test_cnn",
+        _tiny_build,
+        8,
+        backbones_torch.imagenet_normalize,
+        top_n=1,
+        native_size=32,
+        imagenet_source="nowhere",
+    )
+    backbones_torch.register_backbone(spec, replace=True)
+    return spec.name
+
+
+def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str) -> None:
+    out = tmp_path / "tiny"
+    status = study.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            tiny_backbone,
+            "--weights",
+            "none",
+            *TINY_STUDY,
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    rows = read_rows(out)
+    assert {row["weights"] for row in rows} == {"none (random init)"}
+    document = json.loads((out / "results.json").read_text())
+    dynamic = next(r for r in document["runs"] if r["strategy"] == "dynamic")
+    assert dynamic["num_groups"] == 2  # two convolutions, each carrying its BatchNorm
+
+
+def test_unavailable_imagenet_weights_give_a_clear_error(
+    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = study.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            tiny_backbone,
+            "--weights",
+            "imagenet",
+            *TINY_STUDY,
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert status == 1
+    message = capsys.readouterr().err
+    assert "could not load ImageNet weights for tiny_test_cnn" in message
+    assert "--weights PATH" in message and "--weights none" in message
+
+
+def test_top_n_beyond_the_backbone_is_refused(
+    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = study.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            tiny_backbone,
+            "--weights",
+            "none",
+            "--top-n",
+            f"{tiny_backbone}=5",
+            "--strategies",
+            "traditional",
+            *TINY_STUDY,
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert status == 1
+    assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in capsys.readouterr().err
+
+
+def test_weights_file_of_another_architecture_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "wrong.pt"
+    torch.save(TinyFeatures().state_dict(), wrong)
+    status = study.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            "efficientnet_lite0",
+            "--weights",
+            str(wrong),
+            *TINY_STUDY,
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert status == 1
+    assert "does not fit backbone efficientnet_lite0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backbones", "resnet51"], "unknown backbone(s) ['resnet51'] for torch"),
+        (["--seeds", "0,x"], "--seeds: 'x' is not an integer"),
+        (["--seeds", "1,1"], "repeats a seed"),
+        (["--weights", "/no/such/weights.pt"], "'/no/such/weights.pt': no such file"),
+        (["--strategies", "dynamic,gradual"], "unknown ['gradual']"),
+        (["--top-n", "vgg16=0"], "must look like backbone=N with N >= 1"),
+        (["--top-n", "vgg17=3"], "--top-n: unknown backbone(s) ['vgg17']"),
+        (["--decay", "1.0"], "0 <= decay < 1"),
+        (["--image-size", "tiny"], "--image-size 'tiny'"),
+    ],
+)
+def test_bad_flags_exit_with_a_message_naming_the_value(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--framework", "torch", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
