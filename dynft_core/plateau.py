@@ -34,7 +34,15 @@ def as_metric(value: object) -> float:
     Raises:
         TypeError: ``value`` is not a single real number.
     """
-    if isinstance(value, (str, bytes, bool)) or not hasattr(value, "__float__"):
+    # NumPy's bool and complex scalars define __float__ but are no monitored value
+    is_boolean = isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
+    is_complex = isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)
+    if (
+        isinstance(value, (str, bytes))
+        or is_boolean
+        or is_complex
+        or not hasattr(value, "__float__")
+    ):
         raise TypeError(
             f"the monitored value must be a real number, got {type(value).__name__}: {value!r}"
         )

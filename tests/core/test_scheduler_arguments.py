@@ -90,7 +90,23 @@ def test_defaults_follow_the_issue() -> None:
 
 
 @pytest.mark.parametrize(
-    "value",
+    [
+        "x",
+        "1.0",
+        b"1",
+        None,
+        [1, 2],
+        [1.0],
+        (0.5,),
+        {},
+        True,
+        False,
+        1j,
+        ...,
+        np.array([1.0, 2.0]),
+        np.bool_(True),
+        np.complex128(1.0),
+    ],
     ["x", "1.0", b"1", None, [1, 2], [1.0], (0.5,), {}, True, False, 1j, ..., np.array([1.0, 2.0])],
     ids=repr,
 )
