@@ -12,6 +12,7 @@ so BatchNorm runs in inference mode in both strategies.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +44,14 @@ def configure(cfg: StudyConfig) -> None:
     if cfg.threads is not None and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+        except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
+            warnings.warn(
+                f"threads={cfg.threads} ignored: TensorFlow was initialised before the study",
+                RuntimeWarning, stacklevel=2,
+            )
 
 
 class TrainBatches(keras.utils.PyDataset):
