@@ -7,7 +7,7 @@ Measured side by side in one run, epochs interleaved, medians reported:
 2. snapshot bytes / trainable bytes, head-only and after an unfreeze (goal <= 1.05);
 3. head-only epoch / full fine-tuning epoch (goal <= 0.5).
 
-Usage: ``python -m benchmarks.torch_overhead [--batches 6] [--batch-size 16] [--repeats 7]``
+Usage: ``python -m benchmarks.torch_overhead [--batches 6] [--batch-size 16] [--repeats 15]``
 """
 
 from __future__ import annotations
@@ -107,10 +107,12 @@ def time_interleaved(epochs: dict[str, Callable[[list], None]], batches, repeats
     for epoch in epochs.values():  # warm-up: allocator, autograd graph caches
         epoch(batches[:1])
     timings: dict[str, list[float]] = {name: [] for name in epochs}
-    for _ in range(repeats):
-        for name, epoch in epochs.items():
+    names = list(epochs)
+    for repeat in range(repeats):
+        # rotate the order so no setup always runs right after the same neighbour
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
             start = time.perf_counter()
-            epoch(batches)
+            epochs[name](batches)
             timings[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in timings.items()}
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=6, help="batches per epoch (default 6)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed epochs per setup (7)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed epochs per setup (15)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
