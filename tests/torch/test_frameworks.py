@@ -28,19 +28,32 @@ def test_sync_batchnorm_is_frozen_and_trains_on_cpu_without_a_process_group():
     assert not torch.equal(state["backbone.0.0.weight"], initial["backbone.0.0.weight"])
 
 
-def test_compiled_model_recompiles_after_an_unfreeze():
+def test_compiled_model_recompiles_after_an_unfreeze_only():
+    compilations = []
+
+    def counting_backend(graph_module, example_inputs):
+        compilations.append(graph_module)
+        return graph_module.forward
+
     torch.manual_seed(0)
     model = TinyNet()
-    compiled = torch.compile(model, backend="eager")
+    compiled = torch.compile(model, backend=counting_backend)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     tuner = DynamicFineTuner(compiled, optimizer, model.backbone, patience=1, step=1)
     assert tuner.model is model
     data = make_data()
     train_epoch(compiled, optimizer, data)
+    first_epoch = len(compilations)
+    train_epoch(compiled, optimizer, data)
+    assert len(compilations) == first_epoch  # model.train() + BatchNorm pre-hook: cached
     before = state_copy(model)
     tuner.step(1.0)
     assert tuner.step(2.0).newly_unfrozen == (3,)
     train_epoch(compiled, optimizer, data)
+    after_unfreeze = len(compilations)
+    assert after_unfreeze > first_epoch  # guards on requires_grad
+    train_epoch(compiled, optimizer, data)
+    assert len(compilations) == after_unfreeze
     after = state_copy(model)
     assert not torch.equal(after["backbone.3.0.weight"], before["backbone.3.0.weight"])
     for name in ("backbone.2.0.weight", "backbone.3.1.running_mean", "backbone.3.1.weight"):
