@@ -97,7 +97,7 @@ class StudyConfig:
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
         batch_size: Mini-batch size for both strategies. Defaults to 32.
-        lr: Initial learning rate of Adam for both strategies. Defaults to 1e-3.
+        lr: Initial learning rate of Adam for both strategies. Defaults to 3e-4.
         patience: ``p``: dynamic plateau patience and traditional early-stopping
             patience. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
@@ -122,7 +122,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     weights: str = "imagenet"
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     patience: int = 2
     step: int = 3
     decay: float = 0.1
