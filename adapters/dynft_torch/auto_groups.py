@@ -80,10 +80,11 @@ def _merge_batchnorm_only(
 
 
 def _efficientnet_lite(root: nn.Module, prefix: str) -> list[list[str]] | None:
-    if not (hasattr(root, "_blocks") and hasattr(root, "_conv_stem")):
+    blocks = getattr(root, "_blocks", None)
+    if not (isinstance(blocks, nn.ModuleList) and hasattr(root, "_conv_stem")):
         return None
     groups = [[_join(prefix, "_conv_stem"), _join(prefix, "_bn0")]]
-    groups += [[_join(prefix, f"_blocks.{i}")] for i in range(len(root._blocks))]
+    groups += [[_join(prefix, f"_blocks.{i}")] for i in range(len(blocks))]
     if hasattr(root, "_conv_head"):
         groups.append([_join(prefix, "_conv_head"), _join(prefix, "_bn1")])
     return [[n for n in names if _exists(root, prefix, n)] for names in groups]

@@ -43,7 +43,7 @@ def module_name_of(model: nn.Module, module: nn.Module) -> str:
     """
     for name, candidate in model.named_modules(remove_duplicate=False):
         if candidate is module:
-            return name
+            return str(name)
     raise ValueError(
         f"backbone/group module {type(module).__name__} is not a submodule of the model "
         f"{type(model).__name__}; pass a module reachable from model.named_modules()"
@@ -82,7 +82,7 @@ def _resolve_module_name(model: nn.Module, item: str | nn.Module) -> str:
 
 
 def _explicit_groups(model: nn.Module, specs: Sequence[GroupSpec]) -> list[tuple[str, ...]]:
-    resolved = []
+    resolved: list[tuple[str, ...]] = []
     for spec in specs:
         if isinstance(spec, (str, nn.Module)):
             items: list[str | nn.Module] = [spec]

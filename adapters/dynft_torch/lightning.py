@@ -23,7 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dynft_core import Decision
+from dynft_core import Decision, UnfreezeScheduler
 
 from .freezing import backbone_batchnorms, freeze_parameter
 from .groups import GroupSpec, resolve_groups
@@ -49,6 +49,9 @@ class DynamicFineTuning(pl.Callback):
         restore_optimizer: Roll the optimizer state back with the weights. Defaults to ``False``.
         optimizer_index: Which of ``trainer.optimizers`` to manage. Defaults to 0.
 
+    Raises:
+        ValueError: An invalid scheduler option (at construction).
+
     Attributes:
         tuner: The :class:`~dynft_torch.DynamicFineTuner` (``None`` before ``on_fit_start``).
         decisions: Every decision taken during ``fit``.
@@ -71,7 +74,7 @@ class DynamicFineTuning(pl.Callback):
         self.monitor = monitor
         self.backbone = backbone
         self.groups_spec = groups
-        self.scheduler_options = {
+        self.scheduler_options: dict[str, Any] = {
             "patience": patience,
             "step": step,
             "decay": decay,
@@ -79,6 +82,7 @@ class DynamicFineTuning(pl.Callback):
             "min_delta": min_delta,
             "mode": mode,
         }
+        UnfreezeScheduler(1, **self.scheduler_options)  # reject bad options now, not at fit
         self.restore_optimizer = restore_optimizer
         self.optimizer_index = optimizer_index
         self.tuner: DynamicFineTuner | None = None
@@ -134,7 +138,7 @@ class DynamicFineTuning(pl.Callback):
             groups=self.groups_spec,
             restore_optimizer=self.restore_optimizer,
             lr_scheduler=schedulers[0] if schedulers else None,
-            **self.scheduler_options,  # type: ignore[arg-type]
+            **self.scheduler_options,
         )
         if self._pending_state is not None:
             self.tuner.load_state_dict(self._pending_state)
@@ -152,7 +156,7 @@ class DynamicFineTuning(pl.Callback):
         self._latest_value = float(value)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.tuner is None or self._latest_value is None:
+        if self.tuner is None or self._latest_value is None or self.tuner.scheduler.stopped:
             return
         decision = self.tuner.step(self._latest_value)
         self._latest_value = None

@@ -40,7 +40,7 @@ class WeightSnapshot:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     def _named_tensors(self) -> dict[str, torch.Tensor]:
-        named = dict(self.model.named_parameters())
+        named: dict[str, torch.Tensor] = dict(self.model.named_parameters())
         named.update(self.model.named_buffers())
         return named
 

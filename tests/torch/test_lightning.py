@@ -92,3 +92,8 @@ def test_missing_monitor_names_the_logged_keys(tmp_path):
         RuntimeError, match=r"monitors 'score' but validation logged only \['acc'\]"
     ):
         fit(ScriptedModule(log_key="acc"), 2, tmp_path)
+
+
+def test_invalid_options_fail_at_construction():
+    with pytest.raises(ValueError, match="decay must be a number with 0 <= decay < 1, got 1.0"):
+        DynamicFineTuning(decay=1.0)
