@@ -103,17 +103,17 @@ class DynamicFineTuner:
         self._parameters = dict(self.model.named_parameters())
         self._names_by_id = {id(p): name for name, p in self._parameters.items()}
         self._check_optimizer()
+        grouped = {name for group in self.groups for name in group.parameter_names}
+        if not any(p.requires_grad for n, p in self._parameters.items() if n not in grouped):
+            raise ValueError(
+                "every parameter of the model would be frozen: the head must stay trainable; "
+                "pass backbone= (the pretrained part) so that the head lies outside it"
+            )
 
         self.batchnorm = BatchNormFreezer(backbone_batchnorms(self.model, self.groups))
         self._frozen_batchnorm_parameters = self.batchnorm.parameter_names()
-        for group in self.groups:
-            for name in group.parameter_names:
-                freeze_parameter(self._parameters[name])
-        if not any(p.requires_grad for p in self._parameters.values()):
-            raise ValueError(
-                "every parameter of the model is frozen: the head must stay trainable; pass "
-                "backbone= (the pretrained part) so that the head lies outside it"
-            )
+        for name in grouped:
+            freeze_parameter(self._parameters[name])
         self.snapshot = WeightSnapshot(self.model)
         self._optimizer_snapshot = (
             OptimizerStateSnapshot(optimizer, self._names_by_id) if restore_optimizer else None
@@ -159,8 +159,6 @@ class DynamicFineTuner:
             TypeError: ``value`` is not a single real number.
             RuntimeError: A previous decision already stopped training.
         """
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
         number = as_metric(value)
         if self.sync_ranks:
             number = mean_over_ranks(number)
