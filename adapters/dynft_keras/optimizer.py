@@ -63,13 +63,23 @@ def configured_learning_rate(optimizer: keras.optimizers.Optimizer) -> LearningR
     """The optimizer's learning rate as configured: a float or a schedule object.
 
     Raises:
-        TypeError: The learning rate is a plain callable, which cannot be scaled.
+        TypeError: The learning rate is a plain callable, which cannot be scaled,
+            or the optimizer is a ``LossScaleOptimizer``.
     """
-    value = optimizer.get_config().get("learning_rate")
-    if isinstance(value, dict):
-        return keras.optimizers.schedules.deserialize(value)
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Its own config carries a dummy learning rate of 0; scaling that would
+        # silently leave the wrapped optimizer's rate untouched.
+        raise TypeError(
+            "DynamicFineTuning does not support LossScaleOptimizer (mixed_float16 with "
+            "auto_scale_loss); compile with auto_scale_loss=False or a float32 policy"
+        )
+    # get_config() would serialize a plain callable as a dict, like a schedule;
+    # the attribute tells them apart.
+    value = optimizer._learning_rate
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return value
+    if isinstance(value, keras.Variable):
+        return float(keras.ops.convert_to_numpy(value))
     raise TypeError(
         f"DynamicFineTuning needs an optimizer whose learning_rate is a number or a "
         f"keras.optimizers.schedules.LearningRateSchedule; {type(optimizer).__name__} "

@@ -98,3 +98,19 @@ def test_mode_max_with_a_real_validation_metric():
     values = history.history["val_accuracy"]
     assert [d.value for d in cb.scheduler.history] == pytest.approx(values)
     assert cb.scheduler.best == pytest.approx(max(values))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "message"),
+    [
+        (lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+         "does not support LossScaleOptimizer"),
+        (lambda: keras.optimizers.SGD(lambda: 0.1), "learning_rate is a number or a"),
+    ],
+)
+def test_unscalable_optimizers_are_rejected_at_train_begin(optimizer, message):
+    model, backbone = tiny_model()
+    model.compile(optimizer=optimizer(), loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    with pytest.raises(TypeError, match=message):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[DynamicFineTuning(backbone, verbose=0)])
