@@ -86,7 +86,9 @@ class EvalBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         images, labels = self.batches[index]
-        return self.preprocess(images), labels
+        # keras.applications preprocess_input works in place on float arrays, and the
+        # same stored batch is served every epoch (and peeked at by fit)
+        return self.preprocess(images.copy()), labels
 
 
 class EarlyStoppingBestWeights(keras.callbacks.Callback):

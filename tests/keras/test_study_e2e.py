@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
@@ -67,6 +68,22 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
     assert re.search(r"synthetic", report, re.IGNORECASE)
     for figure in re.findall(r"\((figures/[^)]+\.png)\)", report):
         assert (out / figure).stat().st_size > 1000
+
+
+def test_evaluation_batches_are_the_same_every_epoch() -> None:
+    from benchmarks.backbones_keras import get_backbone
+    from benchmarks.run_keras import EvalBatches
+    from benchmarks.training_common import SplitArrays, TrainingData
+
+    rng = np.random.default_rng(0)
+    split = SplitArrays(rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), np.array([0, 1] * 3))
+    data = TrainingData(split, split, split, num_classes=2, batch_size=4, seed=0)
+    batches = EvalBatches(data, split, get_backbone("mobilenet_v2").preprocess)
+    first_epoch = batches[0][0].copy()
+    second_epoch = batches[0][0]
+    np.testing.assert_array_equal(first_epoch, second_epoch)
+    expected = split.images[:4, :, :, None].astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(first_epoch, np.repeat(expected, 3, axis=-1), atol=1e-6)
 
 
 def test_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
