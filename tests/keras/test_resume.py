@@ -110,3 +110,18 @@ def test_a_stopped_callback_refuses_a_second_fit():
     model.fit(x, y, epochs=1, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
     with pytest.raises(RuntimeError, match="already stopped at epoch 1"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
+
+
+def test_resume_refuses_backup_and_restore_listed_first(tmp_path):
+    def fit(extra, seed):
+        model, backbone = tiny_model(seed=seed)
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
+        x, y = tiny_data()
+        cb = DynamicFineTuning(backbone, backup_dir=tmp_path, **KWARGS)
+        callbacks = [ScriptedMonitor(SCRIPT), keras.callbacks.BackupAndRestore(tmp_path), cb]
+        model.fit(x, y, batch_size=8, epochs=20, verbose=0, callbacks=[*callbacks, *extra])
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit([Interrupt(at=4)], seed=0)
+    with pytest.raises(RuntimeError, match="list DynamicFineTuning before BackupAndRestore"):
+        fit([], seed=1)
