@@ -1,4 +1,4 @@
-"""Cost of the DynamicFineTuning callback on MobileNetV2 (TensorFlow backend), measured side by side.
+"""Cost of the DynamicFineTuning callback on MobileNetV2 (TensorFlow backend), side by side.
 
 Usage: ``python -m benchmarks.keras_overhead [--images 192] [--epochs 4] [--rounds 4]``
 
@@ -31,7 +31,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 from dynft_keras import DynamicFineTuning, WeightSnapshot, changeable_variables  # noqa: E402
 from dynft_keras.freezing import apply_trainable  # noqa: E402
 from dynft_keras.groups import resolve_groups  # noqa: E402
@@ -95,8 +94,14 @@ def compile_fresh(model: keras.Model) -> None:
 def timed_fit(model, data, epochs, validation=None, callbacks=()) -> list[float]:
     """Epoch times of one fit, first epoch dropped."""
     timer = EpochTimer()
-    model.fit(*data, batch_size=32, epochs=epochs, verbose=0, validation_data=validation,
-              callbacks=[*callbacks, timer])
+    model.fit(
+        *data,
+        batch_size=32,
+        epochs=epochs,
+        verbose=0,
+        validation_data=validation,
+        callbacks=[*callbacks, timer],
+    )
     return timer.seconds[1:]
 
 
@@ -126,12 +131,18 @@ def main() -> None:
 
     train, validation = batch(args.images), batch(max(32, args.images // 3))
     print(f"date            {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"machine         {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}")
-    print(f"versions        keras {keras.__version__}, tensorflow "
-          f"{__import__('tensorflow').__version__}")
-    print(f"model           MobileNetV2 {args.size}px, {source}, {len(groups)} groups "
-          f"('layers'), {args.images} train / {len(validation[0])} val images, batch 32")
+    print(
+        f"machine         {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+    )
+    print(
+        f"versions        keras {keras.__version__}, tensorflow "
+        f"{__import__('tensorflow').__version__}"
+    )
+    print(
+        f"model           MobileNetV2 {args.size}px, {source}, {len(groups)} groups "
+        f"('layers'), {args.images} train / {len(validation[0])} val images, batch 32"
+    )
 
     # (a) callback without an unfreeze vs plain fit, same trainable set (head only).
     plain_times: list[float] = []
@@ -149,12 +160,16 @@ def main() -> None:
         hook_seconds += cb.hook_seconds
     plain, with_callback = statistics.median(plain_times), statistics.median(callback_times)
     print(f"(a) epoch, plain fit           {plain:7.3f} s  (median of {len(plain_times)})")
-    print(f"    epoch, with callback       {with_callback:7.3f} s  (median of "
-          f"{len(callback_times)}; {snapshots} snapshots taken)")
+    print(
+        f"    epoch, with callback       {with_callback:7.3f} s  (median of "
+        f"{len(callback_times)}; {snapshots} snapshots taken)"
+    )
     print(f"    ratio                      {with_callback / plain:7.3f}   goal <= 1.01")
     hook = statistics.median(hook_seconds)
-    print(f"    callback's own epoch-end work {hook * 1e3:6.2f} ms median, "
-          f"{max(hook_seconds) * 1e3:.2f} ms max = {hook / plain:.4f} of a plain epoch")
+    print(
+        f"    callback's own epoch-end work {hook * 1e3:6.2f} ms median, "
+        f"{max(hook_seconds) * 1e3:.2f} ms max = {hook / plain:.4f} of a plain epoch"
+    )
     print(f"    epochs (s), plain          {' '.join(f'{t:.3f}' for t in plain_times)}")
     print(f"    epochs (s), callback       {' '.join(f'{t:.3f}' for t in callback_times)}")
 
@@ -166,9 +181,11 @@ def main() -> None:
         snapshot.capture(changeable_variables(model), epoch=1)
         elapsed = time.perf_counter() - start
         ratio = snapshot.nbytes / trainable_bytes(model)
-        print(f"(b) {unfrozen:2d}/{len(groups)} groups unfrozen: snapshot "
-              f"{snapshot.nbytes / 1e6:7.3f} MB / trainable {trainable_bytes(model) / 1e6:7.3f} MB"
-              f" = {ratio:.3f} (goal <= 1.05), {elapsed * 1e3:.1f} ms")
+        print(
+            f"(b) {unfrozen:2d}/{len(groups)} groups unfrozen: snapshot "
+            f"{snapshot.nbytes / 1e6:7.3f} MB / trainable {trainable_bytes(model) / 1e6:7.3f} MB"
+            f" = {ratio:.3f} (goal <= 1.05), {elapsed * 1e3:.1f} ms"
+        )
 
     # (c) head-only against fully unfrozen training epochs (BatchNorm frozen in both).
     apply_trainable(base, groups, 0)
@@ -178,8 +195,9 @@ def main() -> None:
     compile_fresh(model)
     full_times = timed_fit(model, train, args.epochs)
     head_only, full = statistics.median(head_only_times), statistics.median(full_times)
-    print(f"(c) train epoch, head only     {head_only:7.3f} s  "
-          f"({args.images / head_only:.0f} img/s)")
+    print(
+        f"(c) train epoch, head only     {head_only:7.3f} s  ({args.images / head_only:.0f} img/s)"
+    )
     print(f"    train epoch, all unfrozen  {full:7.3f} s  ({args.images / full:.0f} img/s)")
     print(f"    ratio                      {head_only / full:7.3f}   goal <= 0.5")
     print(f"    epochs (s), head only      {' '.join(f'{t:.3f}' for t in head_only_times)}")

@@ -243,10 +243,10 @@ class DynamicFineTuning(keras.callbacks.Callback):
             replace_optimizer(model, scaled_learning_rate(model.optimizer, decision.lr_factor))
         if decision.restore_best:
             if self.snapshot.empty:
+                best_epoch = self.scheduler.best_epoch if self.scheduler else None
                 warnings.warn(
-                    f"the best weights of epoch {self.scheduler.best_epoch if self.scheduler else None} "
-                    "are not in memory (state resumed without backup_dir); keeping the "
-                    "current weights",
+                    f"the best weights of epoch {best_epoch} are not in memory (state "
+                    "resumed without backup_dir); keeping the current weights",
                     stacklevel=2,
                 )
             else:

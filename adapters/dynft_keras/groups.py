@@ -187,8 +187,7 @@ def explicit_groups(
                 layer = entry
             else:
                 raise TypeError(
-                    f"groups[{group_index}] entries must be layers or layer names, "
-                    f"got {entry!r}"
+                    f"groups[{group_index}] entries must be layers or layer names, got {entry!r}"
                 )
             if id(layer) in owner:
                 raise ValueError(
@@ -203,7 +202,9 @@ def explicit_groups(
     return resolved
 
 
-def resolve_groups(backbone: keras.layers.Layer, groups: GroupSpec) -> list[list[keras.layers.Layer]]:
+def resolve_groups(
+    backbone: keras.layers.Layer, groups: GroupSpec
+) -> list[list[keras.layers.Layer]]:
     """Turn a ``groups`` argument into ordered lists of backbone layers.
 
     Args:

@@ -104,7 +104,9 @@ def scaled_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -
         return current * factor
     steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
     if isinstance(current, ScaledSchedule):
-        return ScaledSchedule(current.schedule, current.factor * factor, current.step_offset + steps)
+        return ScaledSchedule(
+            current.schedule, current.factor * factor, current.step_offset + steps
+        )
     return ScaledSchedule(current, factor, steps)
 
 
@@ -127,7 +129,9 @@ def deserialize_learning_rate(data: Any) -> LearningRate:
     return float(data)
 
 
-def replace_optimizer(model: keras.Model, learning_rate: LearningRate) -> keras.optimizers.Optimizer:
+def replace_optimizer(
+    model: keras.Model, learning_rate: LearningRate
+) -> keras.optimizers.Optimizer:
     """Give ``model`` a fresh optimizer for its current trainable set and rebuild its functions.
 
     The new optimizer has the class and configuration of ``model.optimizer``

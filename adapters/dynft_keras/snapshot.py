@@ -120,7 +120,9 @@ class WeightSnapshot:
         arrays: dict[str, np.ndarray] = {}
         for key, (variable, array) in self._entries.items():
             if key not in positions:
-                raise ValueError(f"snapshot variable {variable.path!r} is not a weight of the model")
+                raise ValueError(
+                    f"snapshot variable {variable.path!r} is not a weight of the model"
+                )
             arrays[str(positions[key])] = array
         return arrays
 

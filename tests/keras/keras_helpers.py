@@ -99,9 +99,7 @@ class WeightRecorder(keras.callbacks.Callback):
 
 def weights_of(model: keras.Model) -> dict[str, np.ndarray]:
     """Numpy copies of every weight of ``model`` keyed by path."""
-    return {
-        v.path: np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in model.weights
-    }
+    return {v.path: np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in model.weights}
 
 
 def paths_of(layer: keras.layers.Layer) -> list[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-from keras_helpers import BACKEND, ScriptedMonitor, paths_of, tiny_data, tiny_model, weights_of
-
-import keras
 from dynft_keras import DynamicFineTuning
+from keras_helpers import BACKEND, ScriptedMonitor, paths_of, tiny_data, tiny_model, weights_of
 
 pytestmark = pytest.mark.skipif(
     BACKEND != "tensorflow", reason="tf.distribute.MirroredStrategy exists on TensorFlow only"
@@ -25,8 +24,15 @@ def test_unfreeze_takes_effect_under_mirrored_strategy():
     x, y = tiny_data()
     initial = weights_of(model)
     cb = DynamicFineTuning(backbone, patience=1, step=1, decay=0.5, verbose=0)
-    history = model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
-                        callbacks=[ScriptedMonitor([1.0, 1.1, 0.9, 0.8]), cb])
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[ScriptedMonitor([1.0, 1.1, 0.9, 0.8]), cb],
+    )
 
     assert history.history["dynft_unfrozen"] == [0, 1, 1, 1]
     np.testing.assert_allclose(history.history["lr"], [0.05, 0.025, 0.025, 0.025], rtol=1e-6)

@@ -1,12 +1,11 @@
-"""Group resolution: "layers", "blocks" on the keras.applications families, explicit lists, errors."""
+"""Group resolution: "layers", "blocks" of keras.applications families, explicit lists, errors."""
 
 from __future__ import annotations
 
-import pytest
-from keras_helpers import BACKEND, tiny_backbone, tiny_model
-
 import keras
+import pytest
 from dynft_keras import DynamicFineTuning, resolve_groups
+from keras_helpers import BACKEND, tiny_backbone, tiny_model
 
 APPS = keras.applications
 
@@ -136,8 +135,13 @@ def test_backbone_outside_the_model_fails_at_fit():
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     cb = DynamicFineTuning(tiny_backbone(name="other"), verbose=0)
     with pytest.raises(ValueError, match="backbone 'other' is not a layer of model 'classifier'"):
-        model.fit(keras.ops.zeros((2, 8, 8, 3)), keras.ops.zeros((2, 3)), epochs=1,
-                  verbose=0, callbacks=[cb])
+        model.fit(
+            keras.ops.zeros((2, 8, 8, 3)),
+            keras.ops.zeros((2, 3)),
+            epochs=1,
+            verbose=0,
+            callbacks=[cb],
+        )
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-from keras_helpers import ScriptedMonitor, tiny_data, tiny_model
-
-import keras
 from dynft_keras import DynamicFineTuning, ScaledSchedule
+from keras_helpers import ScriptedMonitor, tiny_data, tiny_model
 
 
 def _schedule(step: int) -> float:
@@ -21,12 +20,21 @@ def test_schedule_is_scaled_and_continues_across_unfreezes():
     x, y = tiny_data()  # 32 samples, batch 8: 4 steps per epoch
     cb = DynamicFineTuning(backbone, patience=1, step=1, decay=0.5, verbose=0)
     history = model.fit(
-        x, y, batch_size=8, epochs=5, verbose=0,
+        x,
+        y,
+        batch_size=8,
+        epochs=5,
+        verbose=0,
         callbacks=[ScriptedMonitor([1.0, 1.1, 0.9, 1.0, 0.8]), cb],
     )
     # Unfreezes after epochs 2 and 4; at the end of epoch e, 4e steps were taken.
-    expected = [_schedule(4), 0.5 * _schedule(8), 0.5 * _schedule(12),
-                0.25 * _schedule(16), 0.25 * _schedule(20)]
+    expected = [
+        _schedule(4),
+        0.5 * _schedule(8),
+        0.5 * _schedule(12),
+        0.25 * _schedule(16),
+        0.25 * _schedule(20),
+    ]
     np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-5)
     live = model.optimizer.get_config()["learning_rate"]
     restored = keras.optimizers.schedules.deserialize(live)
@@ -54,7 +62,11 @@ def test_logs_reach_csv_logger(tmp_path):
     cb = DynamicFineTuning(backbone, patience=1, step=2, decay=0.5, verbose=0)
     log_file = tmp_path / "log.csv"
     model.fit(
-        x, y, batch_size=16, epochs=3, verbose=0,
+        x,
+        y,
+        batch_size=16,
+        epochs=3,
+        verbose=0,
         callbacks=[ScriptedMonitor([1.0, 2.0, 0.5]), cb, keras.callbacks.CSVLogger(str(log_file))],
     )
     rows = log_file.read_text().strip().splitlines()
@@ -70,8 +82,9 @@ def test_verbose_prints_the_reason_of_each_unfreeze_and_the_stop(capsys):
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     x, y = tiny_data(count=8)
     cb = DynamicFineTuning(backbone, patience=1, step=1, decay=0.5, verbose=1)
-    model.fit(x, y, batch_size=8, epochs=3, verbose=0,
-              callbacks=[ScriptedMonitor([1.0, 2.0, 3.0]), cb])
+    model.fit(
+        x, y, batch_size=8, epochs=3, verbose=0, callbacks=[ScriptedMonitor([1.0, 2.0, 3.0]), cb]
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if "DynamicFineTuning" in line]
     # Epoch 3 both unfreezes and reaches the budget: one line carries both.
     assert len(lines) == 2
@@ -84,7 +97,9 @@ def test_missing_monitor_lists_the_keys_present():
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     x, y = tiny_data(count=8)
     cb = DynamicFineTuning(backbone, monitor="val_auc", verbose=0)
-    with pytest.raises(KeyError, match=r"monitors 'val_auc', but the epoch logs only have \['loss'\]"):
+    with pytest.raises(
+        KeyError, match=r"monitors 'val_auc', but the epoch logs only have \['loss'\]"
+    ):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
 
 
@@ -93,8 +108,15 @@ def test_mode_max_with_a_real_validation_metric():
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     x, y = tiny_data()
     cb = DynamicFineTuning(backbone, monitor="val_accuracy", mode="max", patience=2, verbose=0)
-    history = model.fit(x, y, validation_data=tiny_data(count=8, seed=3), batch_size=16,
-                        epochs=3, verbose=0, callbacks=[cb])
+    history = model.fit(
+        x,
+        y,
+        validation_data=tiny_data(count=8, seed=3),
+        batch_size=16,
+        epochs=3,
+        verbose=0,
+        callbacks=[cb],
+    )
     values = history.history["val_accuracy"]
     assert [d.value for d in cb.scheduler.history] == pytest.approx(values)
     assert cb.scheduler.best == pytest.approx(max(values))
@@ -103,8 +125,10 @@ def test_mode_max_with_a_real_validation_metric():
 @pytest.mark.parametrize(
     ("optimizer", "message"),
     [
-        (lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
-         "does not support LossScaleOptimizer"),
+        (
+            lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+            "does not support LossScaleOptimizer",
+        ),
         (lambda: keras.optimizers.SGD(lambda: 0.1), "learning_rate is a number or a"),
     ],
 )

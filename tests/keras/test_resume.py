@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
-from keras_helpers import ScriptedMonitor, tiny_data, tiny_model, weights_of
-
-import keras
 from dynft_keras import DynamicFineTuning
 from dynft_keras.backup import SNAPSHOT_FILE, STATE_FILE
+from keras_helpers import ScriptedMonitor, WeightRecorder, tiny_data, tiny_model, weights_of
 
 # 3 groups, patience 1, step 1: unfreezes after epochs 3, 5 and 7, stop after 8.
 SCRIPT = [1.0, 0.9, 0.95, 0.8, 0.85, 0.7, 0.75, 0.76]
@@ -35,8 +34,9 @@ def _fit(backup_dir, extra=(), seed=0):
     x, y = tiny_data()
     cb = DynamicFineTuning(backbone, backup_dir=backup_dir, **KWARGS)
     callbacks = [ScriptedMonitor(SCRIPT), cb, keras.callbacks.BackupAndRestore(backup_dir), *extra]
-    history = model.fit(x, y, batch_size=8, epochs=20, shuffle=False, verbose=0,
-                        callbacks=callbacks)
+    history = model.fit(
+        x, y, batch_size=8, epochs=20, shuffle=False, verbose=0, callbacks=callbacks
+    )
     return model, cb, history
 
 
@@ -94,12 +94,43 @@ def test_set_state_restores_trainable_set_and_learning_rate_at_fit():
     fresh_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
     resumed = DynamicFineTuning(fresh_backbone, max_epochs=20, **KWARGS)
     resumed.set_state(cb.get_state())
-    history = fresh_model.fit(x, y, epochs=4, initial_epoch=3, verbose=0,
-                              callbacks=[ScriptedMonitor(SCRIPT), resumed])
+    history = fresh_model.fit(
+        x, y, epochs=4, initial_epoch=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), resumed]
+    )
     assert [fresh_backbone.get_layer(f"conv{i}").trainable for i in range(3)] == [
-        False, False, True]
+        False,
+        False,
+        True,
+    ]
     assert history.history["lr"] == pytest.approx([0.05])
     assert resumed.scheduler.epoch == 4
+
+
+def test_restore_without_the_snapshot_warns_and_keeps_the_weights():
+    model, backbone = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    cb = DynamicFineTuning(backbone, max_epochs=20, **KWARGS)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
+
+    fresh_model, fresh_backbone = tiny_model(seed=5)
+    fresh_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    resumed = DynamicFineTuning(fresh_backbone, max_epochs=20, **KWARGS)
+    resumed.set_state(cb.get_state())
+    recorder = WeightRecorder()
+    with pytest.warns(UserWarning, match="best weights of epoch 2 are not in memory"):
+        fresh_model.fit(
+            x,
+            y,
+            epochs=4,
+            initial_epoch=3,
+            verbose=0,
+            callbacks=[ScriptedMonitor([*SCRIPT[:3], 0.99]), recorder, resumed],
+        )
+    assert resumed.scheduler.history[-1].newly_unfrozen == (1,)
+    final = weights_of(fresh_model)
+    for path, value in recorder.epochs[0].items():
+        np.testing.assert_array_equal(final[path], value)
 
 
 def test_a_stopped_callback_refuses_a_second_fit():

@@ -18,8 +18,10 @@ epoch   value  decision
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+from dynft_keras import DynamicFineTuning
 from keras_helpers import (
     ScriptedMonitor,
     WeightRecorder,
@@ -28,9 +30,6 @@ from keras_helpers import (
     tiny_model,
     weights_of,
 )
-
-import keras
-from dynft_keras import DynamicFineTuning
 
 LR0 = 0.05
 SCRIPT = [1.0, 0.9, 0.95, 0.8, 0.85, 0.9, 0.7, 0.75]
@@ -163,7 +162,15 @@ def test_budget_from_fit_epochs_keeps_deep_groups_only():
             np.testing.assert_array_equal(final[path], initial[path])
     kernel = backbone.get_layer("conv2").kernel.path
     assert np.max(np.abs(final[kernel] - initial[kernel])) > 1e-4
-    trainable = {name: backbone.get_layer(name).trainable for name in
-                 ("conv0", "conv1", "conv2", "bn0", "bn1", "bn2")}
-    assert trainable == {"conv0": False, "conv1": False, "conv2": True,
-                         "bn0": False, "bn1": False, "bn2": False}
+    trainable = {
+        name: backbone.get_layer(name).trainable
+        for name in ("conv0", "conv1", "conv2", "bn0", "bn1", "bn2")
+    }
+    assert trainable == {
+        "conv0": False,
+        "conv1": False,
+        "conv2": True,
+        "bn0": False,
+        "bn1": False,
+        "bn2": False,
+    }
