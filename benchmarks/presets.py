@@ -105,9 +105,9 @@ class StudyConfig:
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
         phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 800.
         phantom_size: Side of the generated phantom images. Defaults to 96.
-        balance: ``"weights"`` (Eq. 14 loss), ``"sampler"`` (class-balanced
-            batches) or ``"both"`` (the paper's literal wording). Defaults to
-            ``"weights"`` (see ``training_common.TrainingData``).
+        balance: ``"both"`` (Eq. 14 loss weights and class-balanced batches,
+            as the paper describes), ``"weights"`` or ``"sampler"`` alone.
+            Defaults to ``"both"`` (see ``training_common.TrainingData``).
         threads: Intra-op CPU threads of the framework; ``None`` keeps its
             default. Defaults to 1: on a shared 2-core CPU one thread trained
             EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
@@ -129,7 +129,7 @@ class StudyConfig:
     top_n: dict[str, int] = field(default_factory=dict)
     phantom_images: int = 800
     phantom_size: int = 96
-    balance: str = "weights"
+    balance: str = "both"
     threads: int | None = 1
 
     def top_n_for(self, backbone: str, default: int) -> int:

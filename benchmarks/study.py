@@ -26,7 +26,7 @@ from typing import Any
 from .presets import PRESETS, StudyConfig, StudyConfigError, preset_config
 
 STRATEGIES = ("traditional", "dynamic")
-BALANCE_MODES = ("weights", "sampler", "both")
+BALANCE_MODES = ("both", "weights", "sampler")
 FRAMEWORKS = ("torch", "keras")
 COMMON_PACKAGES = ["dynft", "numpy", "scipy", "scikit-learn", "matplotlib", "Pillow"]
 FRAMEWORK_PACKAGES = {
@@ -109,13 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", help="output folder (default: study-results/<preset>-<framework>-<UTC time>)")
     add("--batch-size", type=int, help="mini-batch size (default: 32)")
     add("--lr", type=float, help="Adam learning rate (quick: 3e-4; paper: 1e-4)")
-    add("--patience", type=int, help="p: dynamic plateau and early-stopping patience")
+    add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
     add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
     add("--top-n", help="traditional layers unfrozen, e.g. resnet50=10,vgg16=4")
     add("--phantom-images", type=int, help="phantom data set size (quick: 800)")
     add("--balance", choices=BALANCE_MODES,
-        help="class-imbalance remedy: weights (Eq. 14, default), sampler, or both")
+        help="class-imbalance remedy: both (Eq. 14 weights + balanced batches, "
+             "default), weights, or sampler")
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
     return parser
 

@@ -24,8 +24,8 @@ from .augment import augment_minority
 from .balance import balanced_indices, class_weights, minority_mask
 
 LOAD_REPEATS = 3
-# How class imbalance is countered: Eq. 14 loss weights, class-balanced sampling, or both.
-BALANCE_MODES = ("weights", "sampler", "both")
+# How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
+BALANCE_MODES = ("both", "weights", "sampler")
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -69,11 +69,10 @@ class TrainingData:
         num_classes: Number of classes ``C``.
         batch_size: Mini-batch size.
         seed: Seeds the sampler and the augmentation.
-        balance: ``"weights"`` (Eq. 14 class-weighted loss over shuffled
-            epochs), ``"sampler"`` (class-balanced sampling with replacement,
-            unweighted loss) or ``"both"``. Defaults to ``"weights"``: each
-            alone makes the classes count equally, together they overcorrect
-            (the rarest class's weight applies on top of its boosted frequency).
+        balance: ``"both"`` (the paper: Eq. 14 class-weighted loss on
+            class-balanced batches drawn with replacement), ``"weights"`` (the
+            loss weights over shuffled epochs) or ``"sampler"`` (balanced
+            batches, unweighted loss). Defaults to ``"both"``.
     """
 
     def __init__(
@@ -84,7 +83,7 @@ class TrainingData:
         num_classes: int,
         batch_size: int,
         seed: int,
-        balance: str = "weights",
+        balance: str = "both",
     ) -> None:
         if balance not in BALANCE_MODES:
             raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
@@ -135,7 +134,7 @@ def make_training_data(
     num_classes: int,
     batch_size: int,
     seed: int,
-    balance: str = "weights",
+    balance: str = "both",
 ) -> TrainingData:
     """Cut ``images``/``labels`` by a ``benchmarks.splits.Split`` and resize every split.
 
@@ -147,7 +146,7 @@ def make_training_data(
         num_classes: Number of classes.
         batch_size: Mini-batch size.
         seed: Seeds sampling and augmentation.
-        balance: See :class:`TrainingData`. Defaults to ``"weights"``.
+        balance: See :class:`TrainingData`. Defaults to ``"both"``.
     """
 
     def part(indices: np.ndarray) -> SplitArrays:
