@@ -1,6 +1,6 @@
 """Cost of the DynamicFineTuning callback on MobileNetV2 (TensorFlow backend), side by side.
 
-Usage: ``python -m benchmarks.keras_overhead [--images 192] [--epochs 4] [--rounds 4]``
+Usage: ``python -m benchmarks.keras_overhead [--images 192] [--epochs 4] [--rounds 6]``
 
 Three figures, each from real runs in this one process (medians of epochs,
 the first epoch of every ``fit`` dropped because it traces the functions):
@@ -67,6 +67,15 @@ class TimedDynamicFineTuning(DynamicFineTuning):
         self.hook_seconds.append(time.perf_counter() - start)
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def shared_weights() -> Path | None:
     root = Path(os.environ.get("DYNFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     path = root / WEIGHTS
@@ -113,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=192, help="training images (default 192)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per fit (default 4)")
-    parser.add_argument("--rounds", type=int, default=4, help="plain/callback pairs (default 4)")
+    parser.add_argument("--rounds", type=int, default=6, help="plain/callback pairs (default 6)")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
     args = parser.parse_args()
     if keras.backend.backend() != "tensorflow":
@@ -132,7 +141,7 @@ def main() -> None:
     train, validation = batch(args.images), batch(max(32, args.images // 3))
     print(f"date            {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(
-        f"machine         {platform.processor() or platform.machine()}, "
+        f"machine         {cpu_name()}, "
         f"{os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
     )
     print(

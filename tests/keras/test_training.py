@@ -21,11 +21,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from dynft_keras import DynamicFineTuning
+from dynft_keras import DynamicFineTuning, WeightSnapshot, changeable_variables, resolve_groups
+from dynft_keras.freezing import apply_trainable
 from keras_helpers import (
     ScriptedMonitor,
     WeightRecorder,
     paths_of,
+    tiny_backbone,
     tiny_data,
     tiny_model,
     weights_of,
@@ -174,3 +176,26 @@ def test_budget_from_fit_epochs_keeps_deep_groups_only():
         "bn1": False,
         "bn2": False,
     }
+
+
+def test_snapshot_holds_trainable_weights_and_head_batch_norm_statistics():
+    backbone = tiny_backbone()
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    apply_trainable(backbone, resolve_groups(backbone, "layers"), 1)
+    paths = {v.path for v in changeable_variables(model)}
+    assert paths == {
+        "conv2/kernel",
+        "conv2/bias",
+        "head_bn/gamma",
+        "head_bn/beta",
+        "head_bn/moving_mean",
+        "head_bn/moving_variance",
+        "head/kernel",
+        "head/bias",
+    }
+    snapshot = WeightSnapshot()
+    snapshot.capture(changeable_variables(model), epoch=1)
+    assert snapshot.nbytes == 4 * (3 * 3 * 4 * 4 + 4 + 4 * 4 + 4 * 3 + 3)
