@@ -209,7 +209,7 @@ def run_study(
     from .datasets import load_dataset
     from .report import write_report
     from .splits import split_dataset
-    from .training_common import RunContext, environment, make_training_data
+    from .training_common import RunContext, make_training_data
 
     dataset = load_dataset(
         cfg.data, seed=0, phantom_images=cfg.phantom_images, phantom_size=cfg.phantom_size
@@ -219,28 +219,49 @@ def run_study(
     runs: list[dict[str, Any]] = []
     split_notes: list[str] = []
     total = len(cfg.seeds) * len(cfg.backbones) * len(cfg.strategies)
-    with tqdm(total=total, desc="study", unit="run") as overall:
-        for seed in cfg.seeds:
-            split = split_dataset(dataset, seed)
-            split_notes += [f"seed {seed}: {note}" for note in split.notes]
-            for backbone in cfg.backbones:
-                size = cfg.image_size or registry.get_backbone(backbone).native_size
-                for strategy in cfg.strategies:
-                    overall.set_description(f"{backbone} {strategy} seed {seed}")
-                    data = make_training_data(
-                        dataset.images, dataset.labels, split, size,
-                        len(dataset.class_names), cfg.batch_size, seed, cfg.balance,
-                    )
-                    ctx = RunContext(
-                        backbone, strategy, seed, cfg.data, dataset.synthetic,
-                        list(dataset.class_names), size, out_dir,
-                    )
-                    runs.append(runner.run(cfg, ctx, data))
-                    overall.update()
-    meta = {
+    try:
+        with tqdm(total=total, desc="study", unit="run") as overall:
+            for seed in cfg.seeds:
+                split = split_dataset(dataset, seed)
+                split_notes += [f"seed {seed}: {note}" for note in split.notes]
+                for backbone in cfg.backbones:
+                    size = cfg.image_size or registry.get_backbone(backbone).native_size
+                    for strategy in cfg.strategies:
+                        overall.set_description(f"{backbone} {strategy} seed {seed}")
+                        data = make_training_data(
+                            dataset.images, dataset.labels, split, size,
+                            len(dataset.class_names), cfg.batch_size, seed, cfg.balance,
+                        )
+                        ctx = RunContext(
+                            backbone, strategy, seed, cfg.data, dataset.synthetic,
+                            list(dataset.class_names), size, out_dir,
+                        )
+                        runs.append(runner.run(cfg, ctx, data))
+                        overall.update()
+    except BaseException:
+        # hours of finished runs must survive a crash or Ctrl-C in a later one
+        if runs:
+            meta = study_meta(cfg, preset, dataset.synthetic, runs, split_notes, command)
+            meta["incomplete"] = f"stopped after {len(runs)} of {total} runs"
+            report = write_report(out_dir, runs, meta)
+            print(f"\nincomplete study: {len(runs)} of {total} runs written to {report}",
+                  file=sys.stderr)
+        raise
+    meta = study_meta(cfg, preset, dataset.synthetic, runs, split_notes, command)
+    return write_report(out_dir, runs, meta), runs
+
+
+def study_meta(
+    cfg: StudyConfig, preset: str, synthetic: bool, runs: list[dict[str, Any]],
+    split_notes: list[str], command: str,
+) -> dict[str, Any]:
+    """The ``meta`` dict of the shared report contract, plus the full training configuration."""
+    from .training_common import environment
+
+    return {
         "framework": cfg.framework,
         "data": cfg.data,
-        "synthetic": dataset.synthetic,
+        "synthetic": synthetic,
         "preset": preset,
         "seeds": list(cfg.seeds),
         "backbones": list(cfg.backbones),
@@ -259,7 +280,6 @@ def run_study(
             "threads": cfg.threads, "balance": cfg.balance,
         },
     }
-    return write_report(out_dir, runs, meta), runs
 
 
 def print_summary(runs: list[dict[str, Any]], report: Path, seconds: float) -> None:

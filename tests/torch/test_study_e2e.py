@@ -180,28 +180,20 @@ def test_unavailable_imagenet_weights_give_a_clear_error(
     assert "--weights PATH" in message and "--weights none" in message
 
 
-def test_top_n_beyond_the_backbone_is_refused(
+def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
     tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            tiny_backbone,
-            "--weights",
-            "none",
-            "--top-n",
-            f"{tiny_backbone}=5",
-            "--strategies",
-            "traditional",
-            *TINY_STUDY,
-            "--out",
-            str(tmp_path / "x"),
-        ]
-    )
+    out = tmp_path / "partial"
+    status = study.main(["--framework", "torch", "--backbones", tiny_backbone, "--weights",
+                         "none", "--top-n", f"{tiny_backbone}=5", "--strategies",
+                         "dynamic,traditional", *TINY_STUDY, "--out", str(out)])
     assert status == 1
-    assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in err
+    assert "incomplete study: 1 of 2 runs" in err
+    assert [row["strategy"] for row in read_rows(out)] == ["dynamic"]
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["incomplete"] == "stopped after 1 of 2 runs"
 
 
 def test_weights_file_of_another_architecture_is_refused(
