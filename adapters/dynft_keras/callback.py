@@ -30,8 +30,8 @@ STATE_VERSION = 1
 class DynamicFineTuning(keras.callbacks.Callback):
     """Validation-driven dynamic fine-tuning (Algorithm 1) inside one ``model.fit``.
 
-    On train begin every backbone group is frozen and the head stays
-    trainable. After each epoch the monitored value goes to
+    On train begin every backbone group is frozen; the head keeps the
+    ``trainable`` flags it was compiled with. After each epoch the monitored value goes to
     :attr:`scheduler`, and its :class:`~dynft_core.Decision` is applied in this
     order: snapshot the changeable weights if ``improved``; make the
     ``newly_unfrozen`` groups trainable; multiply the learning rate by
