@@ -6,7 +6,15 @@ import keras
 import numpy as np
 import pytest
 from dynft_keras import DynamicFineTuning
-from keras_helpers import BACKEND, ScriptedMonitor, paths_of, tiny_data, tiny_model, weights_of
+from keras_helpers import (
+    BACKEND,
+    ScriptedMonitor,
+    WeightRecorder,
+    paths_of,
+    tiny_data,
+    tiny_model,
+    weights_of,
+)
 
 pytestmark = pytest.mark.skipif(
     BACKEND != "tensorflow", reason="tf.distribute.MirroredStrategy exists on TensorFlow only"
@@ -23,6 +31,7 @@ def test_unfreeze_takes_effect_under_mirrored_strategy():
         model.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
     x, y = tiny_data()
     initial = weights_of(model)
+    before, after = WeightRecorder(), WeightRecorder()
     cb = DynamicFineTuning(backbone, patience=1, step=1, decay=0.5, verbose=0)
     history = model.fit(
         x,
@@ -31,7 +40,7 @@ def test_unfreeze_takes_effect_under_mirrored_strategy():
         epochs=4,
         shuffle=False,
         verbose=0,
-        callbacks=[ScriptedMonitor([1.0, 1.1, 0.9, 0.8]), cb],
+        callbacks=[ScriptedMonitor([1.0, 1.1, 0.9, 0.8]), before, cb, after],
     )
 
     assert history.history["dynft_unfrozen"] == [0, 1, 1, 1]
@@ -44,3 +53,8 @@ def test_unfreeze_takes_effect_under_mirrored_strategy():
     for name in ("conv0", "conv1", "bn0", "bn1", "bn2"):
         for path in paths_of(backbone.get_layer(name)):
             np.testing.assert_array_equal(final[path], initial[path])
+    # The unfreeze after epoch 2 restored epoch 1; the budget stop kept epoch 4, the best.
+    for path, value in before.epochs[0].items():
+        np.testing.assert_array_equal(after.epochs[1][path], value, err_msg=path)
+    for path, value in before.epochs[3].items():
+        np.testing.assert_array_equal(final[path], value, err_msg=path)
