@@ -102,7 +102,9 @@ def scaled_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -
     current = configured_learning_rate(optimizer)
     if isinstance(current, float):
         return current * factor
-    steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    # The schedule is called with the raw step counter, which differs from
+    # ``iterations`` under gradient accumulation.
+    steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
     if isinstance(current, ScaledSchedule):
         return ScaledSchedule(
             current.schedule, current.factor * factor, current.step_offset + steps
