@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--epochs", type=int, help="epoch budget n of both strategies (quick: 20; paper: 100)")
     add("--seeds", help="comma-separated seeds, one run each (quick: 0; paper: 0,1,2)")
     add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
-    add("--out", help="output folder (default: study-results/<preset>-<framework>-<UTC time>)")
+    add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")
     add("--batch-size", type=int, help="mini-batch size (default: 32)")
     add("--lr", type=float, help="Adam learning rate (quick: 3e-4; paper: 1e-4)")
     add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
@@ -196,7 +196,7 @@ def resolve_backbones(text: str | None, cfg: StudyConfig, registry: ModuleType) 
 
 def _default_out(cfg: StudyConfig, preset: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("study-results") / f"{preset}-{cfg.framework}-{stamp}"
+    return Path("runs") / f"study-{preset}-{cfg.framework}-{stamp}"
 
 
 def run_study(
