@@ -97,11 +97,6 @@ class TrainingData:
         self.class_weights = weights if balance != "sampler" else np.ones_like(weights)
         self.minority = minority_mask(train.labels, num_classes)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """Training batches per epoch (one epoch draws as many samples as the training set)."""
-        return -(-len(self.train.labels) // self.batch_size)
-
     def epoch_plan(self) -> list[np.ndarray]:
         """Index arrays of one epoch's training batches (class-balanced when sampling)."""
         count = len(self.train.labels)
@@ -112,7 +107,7 @@ class TrainingData:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def train_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Images (augmented where minority), labels and Eq. 14 sample weights of a batch."""
+        """Images (augmented where minority), labels and loss weights (Eq. 14, or ones)."""
         labels = self.train.labels[indices]
         images = augment_minority(
             to_rgb_float(self.train.images[indices]), labels, self.minority, self.rng
