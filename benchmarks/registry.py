@@ -1,0 +1,60 @@
+"""A name → backbone registry, one per framework, open to user backbones."""
+
+from __future__ import annotations
+
+from typing import Generic, Protocol, TypeVar
+
+from .presets import StudyConfigError
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+BackboneT = TypeVar("BackboneT", bound=Named)
+
+
+class BackboneRegistry(Generic[BackboneT]):
+    """Backbone descriptions of one framework, by name.
+
+    Args:
+        framework: Framework name used in error messages (e.g. ``"Keras"``).
+    """
+
+    def __init__(self, framework: str) -> None:
+        self.framework = framework
+        self._backbones: dict[str, BackboneT] = {}
+
+    def register(self, backbone: BackboneT, *, replace: bool = False) -> None:
+        """Make ``backbone`` available to the study under ``backbone.name``.
+
+        Args:
+            backbone: The backbone description.
+            replace: Allow overriding an existing name. Defaults to False.
+
+        Raises:
+            ValueError: The name is taken and ``replace`` is False.
+        """
+        if backbone.name in self._backbones and not replace:
+            raise ValueError(
+                f"backbone {backbone.name!r} is already registered; "
+                "pass replace=True to override it"
+            )
+        self._backbones[backbone.name] = backbone
+
+    def names(self) -> list[str]:
+        """Names of every registered backbone, sorted."""
+        return sorted(self._backbones)
+
+    def get(self, name: str) -> BackboneT:
+        """The registered backbone ``name``.
+
+        Raises:
+            StudyConfigError: Unknown name (the message lists the known ones).
+        """
+        if name not in self._backbones:
+            raise StudyConfigError(
+                f"unknown {self.framework} backbone {name!r}; choose from {self.names()}"
+            )
+        return self._backbones[name]
