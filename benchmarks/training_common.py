@@ -148,7 +148,12 @@ def make_training_data(
         return SplitArrays(resize_images(images[indices], image_size), labels[indices])
 
     return TrainingData(
-        part(split.train), part(split.val), part(split.test), num_classes, batch_size, seed,
+        part(split.train),
+        part(split.val),
+        part(split.test),
+        num_classes,
+        batch_size,
+        seed,
         balance,
     )
 

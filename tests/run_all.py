@@ -60,8 +60,16 @@ def main(argv: list[str]) -> int:
             paths, env_extra = GROUPS[name]
             env = {**os.environ, **env_extra}
             junit = Path(reports) / f"{name}.xml"
-            cmd = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider",
-                   f"--junitxml={junit}", *extra]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                *paths,
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={junit}",
+                *extra,
+            ]
             print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
             start = time.perf_counter()
             code = subprocess.call(cmd, cwd=ROOT, env=env)
@@ -81,7 +89,9 @@ def main(argv: list[str]) -> int:
         failed += code != 0
         print(f"{name:18s} {verdict:30s} {seconds:7.1f} s  {counts}")
     print(f"groups: {len(outcomes) - failed} passed, {failed} failed")
-    print(f"tests: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    print(
+        f"tests: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped"
+    )
     return 1 if failed else 0
 
 

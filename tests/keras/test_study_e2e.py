@@ -22,8 +22,20 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
     pytest.skip("the Keras study test runs on the TensorFlow backend", allow_module_level=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_STUDY = ["--phantom-images", "100", "--image-size", "32", "--epochs", "2",
-              "--patience", "1", "--seeds", "0", "--batch-size", "16"]
+TINY_STUDY = [
+    "--phantom-images",
+    "100",
+    "--image-size",
+    "32",
+    "--epochs",
+    "2",
+    "--patience",
+    "1",
+    "--seeds",
+    "0",
+    "--batch-size",
+    "16",
+]
 
 
 def run_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -31,14 +43,27 @@ def run_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
         [sys.executable, "-m", "benchmarks.study", "--framework", "keras", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
 def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> None:
     out = tmp_path / "study"
-    result = run_cli("--backbones", "mobilenet_v2", "--weights", "none", *TINY_STUDY,
-                     "--top-n", "mobilenet_v2=10", "--out", str(out))
+    result = run_cli(
+        "--backbones",
+        "mobilenet_v2",
+        "--weights",
+        "none",
+        *TINY_STUDY,
+        "--top-n",
+        "mobilenet_v2=10",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Report: {out / 'report.md'}" in result.stdout
 
@@ -91,8 +116,15 @@ def test_evaluation_batches_are_the_same_every_epoch() -> None:
 def test_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
     wrong = tmp_path / "not_weights.weights.h5"
     wrong.write_bytes(b"this is not an HDF5 file")
-    result = run_cli("--backbones", "mobilenet_v2", "--weights", str(wrong), *TINY_STUDY,
-                     "--out", str(tmp_path / "x"))
+    result = run_cli(
+        "--backbones",
+        "mobilenet_v2",
+        "--weights",
+        str(wrong),
+        *TINY_STUDY,
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert result.returncode == 1
     assert "does not fit the Keras backbone mobilenet_v2" in result.stderr
 
@@ -100,8 +132,10 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--backbones", "efficientnet_lite0"],
-         "unknown backbone(s) ['efficientnet_lite0'] for keras"),
+        (
+            ["--backbones", "efficientnet_lite0"],
+            "unknown backbone(s) ['efficientnet_lite0'] for keras",
+        ),
         (["--seeds", "-1"], "--seeds: '-1' is not an integer >= 0"),
         (["--weights", "/no/such/file.h5"], "'/no/such/file.h5': no such file"),
     ],

@@ -99,8 +99,7 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
 def _imbalanced_data(balance: str) -> TrainingData:
     labels = np.array([0] * 90 + [1] * 10)
     split = SplitArrays(np.zeros((100, 4, 4), dtype=np.uint8), labels)
-    return TrainingData(split, split, split, num_classes=2, batch_size=32, seed=0,
-                        balance=balance)
+    return TrainingData(split, split, split, num_classes=2, batch_size=32, seed=0, balance=balance)
 
 
 def test_balance_weights_alone_shuffles_each_image_once_with_eq14_weights() -> None:
@@ -212,9 +211,23 @@ def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
     tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "partial"
-    status = study.main(["--framework", "torch", "--backbones", tiny_backbone, "--weights",
-                         "none", "--top-n", f"{tiny_backbone}=5", "--strategies",
-                         "dynamic,traditional", *TINY_STUDY, "--out", str(out)])
+    status = study.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            tiny_backbone,
+            "--weights",
+            "none",
+            "--top-n",
+            f"{tiny_backbone}=5",
+            "--strategies",
+            "dynamic,traditional",
+            *TINY_STUDY,
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in err
