@@ -155,12 +155,14 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["balance"] = args.balance
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
+    from .phantom import CLASS_NAMES, MIN_IMAGES_PER_CLASS
+
     for flag, value, minimum in (
         ("epochs", args.epochs, 1),
         ("batch_size", args.batch_size, 1),
         ("patience", args.patience, 1),
         ("step", args.step, 1),
-        ("phantom_images", args.phantom_images, 20),
+        ("phantom_images", args.phantom_images, MIN_IMAGES_PER_CLASS * len(CLASS_NAMES)),
         ("threads", args.threads, 1),
     ):
         if value is not None:

@@ -271,6 +271,7 @@ def test_weights_file_of_another_architecture_is_refused(
         (["--top-n", "vgg17=3"], "--top-n: unknown backbone(s) ['vgg17']"),
         (["--decay", "1.0"], "0 <= decay < 1"),
         (["--image-size", "tiny"], "--image-size 'tiny'"),
+        (["--phantom-images", "41"], "--phantom-images 41: must be >= 42"),
     ],
 )
 def test_bad_flags_exit_with_a_message_naming_the_value(
