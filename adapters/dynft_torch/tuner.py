@@ -57,9 +57,9 @@ class DynamicFineTuner:
             moments) back to the best epoch. Defaults to ``False``: Algorithm 1 restores the
             weights only.
         lr_scheduler: Optional learning-rate scheduler on ``optimizer`` whose base rates must
-            follow the decay (LambdaLR, StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR).
-            Defaults to ``None``; ReduceLROnPlateau and other schedulers that multiply the
-            current ``lr`` need nothing.
+            follow the decay (LambdaLR, CosineAnnealingLR, OneCycleLR, CyclicLR).
+            Defaults to ``None``; ReduceLROnPlateau, StepLR and other schedulers that multiply
+            the current ``lr`` need nothing.
         sync_ranks: Average the monitored value over all ranks of the default process group so
             that every rank takes the same decision. Defaults to ``True`` (no effect outside
             ``torch.distributed``).
