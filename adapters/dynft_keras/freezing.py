@@ -38,16 +38,23 @@ def apply_trainable(
         )
     # The backbone and the nested models inside it must stay trainable: a
     # frozen container hides the variables of every layer below it.
-    backbone.trainable = True
+    _set_trainable(backbone, True)
     for unit in iter_units(backbone):
-        unit.trainable = False
+        _set_trainable(unit, False)
     for group in groups[len(groups) - num_unfrozen :]:
         for layer in group:
-            layer.trainable = True
+            _set_trainable(layer, True)
     # Setting trainable=True recurses into sublayers, so BN is frozen last.
     for layer in backbone._flatten_layers(include_self=True):
         if is_batch_norm(layer):
-            layer.trainable = False
+            _set_trainable(layer, False)
+
+
+def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
+    # On TensorFlow the attribute tracking skips ``layer.trainable = value`` when the layer
+    # already holds ``value``, and with it the recursion into the sublayers: unfreezing a
+    # nested model that was never frozen itself would leave its layers frozen.
+    keras.layers.Layer.trainable.fset(layer, value)
 
 
 def group_variables(group: Sequence[keras.layers.Layer]) -> list[keras.Variable]:

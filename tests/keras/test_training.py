@@ -199,3 +199,48 @@ def test_snapshot_holds_trainable_weights_and_head_batch_norm_statistics():
     snapshot = WeightSnapshot()
     snapshot.capture(changeable_variables(model), epoch=1)
     assert snapshot.nbytes == 4 * (3 * 3 * 4 * 4 + 4 + 4 * 4 + 4 * 3 + 3)
+
+
+def test_batch_norm_inside_an_unfrozen_container_stays_frozen():
+    # Flat "layers"/"blocks" groups never hold a BatchNormalization; a group holding a
+    # nested block does, and making that block trainable recurses into its BN.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for index in range(2):
+        block = keras.Sequential(
+            [
+                keras.layers.Conv2D(4, 3, padding="same", name=f"conv{index}"),
+                keras.layers.BatchNormalization(name=f"bn{index}"),
+            ],
+            name=f"block{index}",
+        )
+        x = block(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    features = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(features))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    x_train, y_train = tiny_data()
+    initial = weights_of(model)
+    cb = DynamicFineTuning(
+        backbone, groups=[["block0"], ["block1"]], patience=1, step=2, decay=0.5, verbose=0
+    )
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=8,
+        epochs=3,
+        verbose=0,
+        callbacks=[ScriptedMonitor([1.0, 1.1, 0.9]), cb],
+    )
+    assert cb.scheduler.num_unfrozen == 2
+    final = weights_of(model)
+    stats = _bn_stat_paths(model)
+    assert len(stats) == 8
+    for path in stats:
+        np.testing.assert_array_equal(final[path], initial[path], err_msg=path)
+    for index in range(2):
+        block = backbone.get_layer(f"block{index}")
+        assert block.get_layer(f"bn{index}").trainable is False
+        kernel = block.get_layer(f"conv{index}").kernel.path
+        assert np.max(np.abs(final[kernel] - initial[kernel])) > 1e-4, kernel
