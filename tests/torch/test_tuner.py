@@ -238,6 +238,21 @@ def test_all_params_optimizer_trains_newly_unfrozen_without_new_groups():
     assert not torch.equal(t.model.get_parameter(name), t.states[-1][name])
 
 
+def test_an_unfreeze_of_several_groups_trains_every_one_of_them():
+    t = run_trace([1.0, 1.1], patience=1, step=2)
+    assert t.decisions[-1].newly_unfrozen == (2, 3)
+    before = state_copy(t.model)
+    train_epoch(t.model, t.optimizer, make_data())
+    after = state_copy(t.model)
+    for block in (2, 3):
+        for name in backbone_names(t.model, block):
+            assert not torch.equal(after[name], before[name]), f"{name} did not train"
+    # Blocks 0-1 are still frozen, and so is the BatchNorm (index 1) of every block.
+    still_frozen = [n for n in before if n.startswith(("backbone.0.", "backbone.1."))]
+    still_frozen += [n for n in before if n.startswith("backbone.") and n.split(".")[2] == "1"]
+    assert_states_equal(after, before, still_frozen)
+
+
 def test_restore_optimizer_rolls_momentum_back_and_keeps_the_decayed_lr():
     factory = lambda m: torch.optim.SGD(m.parameters(), lr=LR0, momentum=0.9)  # noqa: E731
     t = run_trace([1.0, 0.5], factory, patience=1, step=1, restore_optimizer=True)
