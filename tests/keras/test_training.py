@@ -244,3 +244,28 @@ def test_batch_norm_inside_an_unfrozen_container_stays_frozen():
         assert block.get_layer(f"bn{index}").trainable is False
         kernel = block.get_layer(f"conv{index}").kernel.path
         assert np.max(np.abs(final[kernel] - initial[kernel])) > 1e-4, kernel
+
+
+def test_freeze_takes_effect_when_the_train_function_already_exists():
+    # A fit before this one built the optimizer and the train function for every
+    # variable; freezing at train begin must replace both, or epoch 1 trains the backbone.
+    model, backbone = tiny_model(seed=2)
+    model.compile(optimizer=keras.optimizers.Adam(LR0), loss="categorical_crossentropy")
+    x, y = tiny_data(seed=2)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    warmed = weights_of(model)
+    cb = DynamicFineTuning(backbone, patience=5, verbose=0)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[ScriptedMonitor([1.0, 1.1]), cb],
+    )
+    final = weights_of(model)
+    for path in (v.path for v in backbone.weights):
+        np.testing.assert_array_equal(final[path], warmed[path], err_msg=path)
+    kernel = model.get_layer("head").kernel.path
+    assert np.max(np.abs(final[kernel] - warmed[kernel])) > 1e-4
