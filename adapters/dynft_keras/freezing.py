@@ -54,7 +54,7 @@ def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
     # On TensorFlow the attribute tracking skips ``layer.trainable = value`` when the layer
     # already holds ``value``, and with it the recursion into the sublayers: unfreezing a
     # nested model that was never frozen itself would leave its layers frozen.
-    keras.layers.Layer.trainable.fset(layer, value)
+    type(layer).trainable.fset(layer, value)
 
 
 def group_variables(group: Sequence[keras.layers.Layer]) -> list[keras.Variable]:
