@@ -69,11 +69,7 @@ def build_base(name: str, weights: str, image_size: int) -> tuple[keras.Model, s
         WeightsUnavailableError: ImageNet weights cannot be fetched here.
         FileNotFoundError: The weights path does not exist.
     """
-    spec = get_backbone(name)
-    if image_size < spec.min_size:
-        raise StudyConfigError(
-            f"--image-size {image_size} is too small for {name}; it needs >= {spec.min_size}"
-        )
+    spec = _REGISTRY.get_for_size(name, image_size)
     if weights == "imagenet":
         try:
             return spec.build("imagenet", image_size), "imagenet"

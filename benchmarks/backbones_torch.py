@@ -156,11 +156,7 @@ def build_classifier(
         WeightsUnavailableError: ImageNet weights cannot be fetched here.
         FileNotFoundError: The weights path does not exist.
     """
-    spec = get_backbone(name)
-    if image_size < spec.min_size:
-        raise StudyConfigError(
-            f"--image-size {image_size} is too small for {name}; it needs >= {spec.min_size}"
-        )
+    spec = _REGISTRY.get_for_size(name, image_size)
     if weights == "imagenet":
         try:
             features = spec.build(True, image_size)

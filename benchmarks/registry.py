@@ -11,6 +11,9 @@ class Named(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def min_size(self) -> int: ...
+
 
 BackboneT = TypeVar("BackboneT", bound=Named)
 
@@ -58,3 +61,17 @@ class BackboneRegistry(Generic[BackboneT]):
                 f"unknown {self.framework} backbone {name!r}; choose from {self.names()}"
             )
         return self._backbones[name]
+
+    def get_for_size(self, name: str, image_size: int) -> BackboneT:
+        """The registered backbone ``name``, checked to accept ``image_size`` pixels.
+
+        Raises:
+            StudyConfigError: Unknown name, or an image smaller than the backbone's minimum.
+        """
+        backbone = self.get(name)
+        if image_size < backbone.min_size:
+            raise StudyConfigError(
+                f"--image-size {image_size} is too small for {name}; "
+                f"it needs >= {backbone.min_size}"
+            )
+        return backbone
