@@ -40,6 +40,21 @@ def _fit(backup_dir, extra=(), seed=0):
     return model, cb, history
 
 
+def _resumed_from_state_after_three_epochs():
+    """Train 3 scripted epochs, then load the callback's state into a fresh model's callback."""
+    model, backbone = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    cb = DynamicFineTuning(backbone, max_epochs=20, **KWARGS)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
+
+    fresh_model, fresh_backbone = tiny_model(seed=5)
+    fresh_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    resumed = DynamicFineTuning(fresh_backbone, max_epochs=20, **KWARGS)
+    resumed.set_state(cb.get_state())
+    return x, y, fresh_model, fresh_backbone, resumed
+
+
 def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path):
     reference_model, reference_cb, reference_history = _fit(tmp_path / "reference")
     assert not (tmp_path / "reference").exists()  # a finished run leaves no backup
@@ -84,16 +99,7 @@ def test_get_state_set_state_round_trip():
 
 
 def test_set_state_restores_trainable_set_and_learning_rate_at_fit():
-    model, backbone = tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
-    x, y = tiny_data(count=8)
-    cb = DynamicFineTuning(backbone, max_epochs=20, **KWARGS)
-    model.fit(x, y, epochs=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
-
-    fresh_model, fresh_backbone = tiny_model(seed=5)
-    fresh_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
-    resumed = DynamicFineTuning(fresh_backbone, max_epochs=20, **KWARGS)
-    resumed.set_state(cb.get_state())
+    x, y, fresh_model, fresh_backbone, resumed = _resumed_from_state_after_three_epochs()
     history = fresh_model.fit(
         x, y, epochs=4, initial_epoch=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), resumed]
     )
@@ -107,16 +113,7 @@ def test_set_state_restores_trainable_set_and_learning_rate_at_fit():
 
 
 def test_restore_without_the_snapshot_warns_and_keeps_the_weights():
-    model, backbone = tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
-    x, y = tiny_data(count=8)
-    cb = DynamicFineTuning(backbone, max_epochs=20, **KWARGS)
-    model.fit(x, y, epochs=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
-
-    fresh_model, fresh_backbone = tiny_model(seed=5)
-    fresh_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
-    resumed = DynamicFineTuning(fresh_backbone, max_epochs=20, **KWARGS)
-    resumed.set_state(cb.get_state())
+    x, y, fresh_model, fresh_backbone, resumed = _resumed_from_state_after_three_epochs()
     recorder = WeightRecorder()
     with pytest.warns(UserWarning, match="best weights of epoch 2 are not in memory"):
         fresh_model.fit(
