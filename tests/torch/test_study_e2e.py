@@ -45,6 +45,24 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     )
 
 
+def run_tiny_study(backbone: str, weights: str, out: Path | str, *extra: str) -> int:
+    """Run the study in process on the tiny phantom set; returns its exit status."""
+    return study.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            backbone,
+            "--weights",
+            weights,
+            *extra,
+            *TINY_STUDY,
+            "--out",
+            str(out),
+        ]
+    )
+
+
 def read_rows(out: Path) -> list[dict[str, str]]:
     with (out / "results.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -164,19 +182,7 @@ def tiny_backbone() -> str:
 
 def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str) -> None:
     out = tmp_path / "tiny"
-    status = study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            tiny_backbone,
-            "--weights",
-            "none",
-            *TINY_STUDY,
-            "--out",
-            str(out),
-        ]
-    )
+    status = run_tiny_study(tiny_backbone, "none", out)
     assert status == 0
     rows = read_rows(out)
     assert {row["weights"] for row in rows} == {"none (random init)"}
@@ -188,19 +194,7 @@ def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str)
 def test_unavailable_imagenet_weights_give_a_clear_error(
     tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            tiny_backbone,
-            "--weights",
-            "imagenet",
-            *TINY_STUDY,
-            "--out",
-            str(tmp_path / "x"),
-        ]
-    )
+    status = run_tiny_study(tiny_backbone, "imagenet", tmp_path / "x")
     assert status == 1
     message = capsys.readouterr().err
     assert "could not load ImageNet weights for tiny_test_cnn" in message
@@ -211,22 +205,14 @@ def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
     tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "partial"
-    status = study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            tiny_backbone,
-            "--weights",
-            "none",
-            "--top-n",
-            f"{tiny_backbone}=5",
-            "--strategies",
-            "dynamic,traditional",
-            *TINY_STUDY,
-            "--out",
-            str(out),
-        ]
+    status = run_tiny_study(
+        tiny_backbone,
+        "none",
+        str(out),
+        "--top-n",
+        f"{tiny_backbone}=5",
+        "--strategies",
+        "dynamic,traditional",
     )
     assert status == 1
     err = capsys.readouterr().err
@@ -242,19 +228,7 @@ def test_weights_file_of_another_architecture_is_refused(
 ) -> None:
     wrong = tmp_path / "wrong.pt"
     torch.save(TinyFeatures().state_dict(), wrong)
-    status = study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            "efficientnet_lite0",
-            "--weights",
-            str(wrong),
-            *TINY_STUDY,
-            "--out",
-            str(tmp_path / "x"),
-        ]
-    )
+    status = run_tiny_study("efficientnet_lite0", str(wrong), tmp_path / "x")
     assert status == 1
     assert "does not fit backbone efficientnet_lite0" in capsys.readouterr().err
 
