@@ -10,7 +10,6 @@ from .decision import Decision
 from .plateau import PlateauMonitor, as_metric
 
 STATE_VERSION = 1
-_CONFIG_KEYS = ("num_groups", "patience", "step", "decay", "max_epochs", "min_delta", "mode")
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -117,11 +116,6 @@ class UnfreezeScheduler:
     def trainable_groups(self) -> tuple[int, ...]:
         """Indices of the unfrozen groups: the ``m`` deepest, ascending."""
         return tuple(range(self.num_groups - self.num_unfrozen, self.num_groups))
-
-    @property
-    def frozen_groups(self) -> tuple[int, ...]:
-        """Indices of the groups still frozen, ascending."""
-        return tuple(range(self.num_groups - self.num_unfrozen))
 
     def step(self, value: Any) -> Decision:
         """Record the validation value of the epoch just finished and decide.
@@ -268,12 +262,11 @@ class UnfreezeScheduler:
                 f"unsupported state version {state.get('version')!r}; expected {STATE_VERSION}"
             )
         saved = state["config"]
-        mine = self.config()
-        for key in _CONFIG_KEYS:
-            if saved.get(key) != mine[key]:
+        for key, value in self.config().items():
+            if saved.get(key) != value:
                 raise ValueError(
                     f"state was saved with {key}={saved.get(key)!r} but this scheduler has "
-                    f"{key}={mine[key]!r}; construct it with the saved configuration"
+                    f"{key}={value!r}; construct it with the saved configuration"
                 )
         num_unfrozen = _check_int("num_unfrozen", state["num_unfrozen"], 0)
         if num_unfrozen > self.num_groups:

@@ -257,7 +257,6 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.previous_unfrozen <= s.num_unfrozen <= s.num_groups
         self.previous_unfrozen = s.num_unfrozen
         assert s.trainable_groups == tuple(range(s.num_groups - s.num_unfrozen, s.num_groups))
-        assert s.frozen_groups + s.trainable_groups == tuple(range(s.num_groups))
 
     @invariant()
     def lr_scale_counts_unfreezes(self) -> None:

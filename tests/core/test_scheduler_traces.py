@@ -191,7 +191,7 @@ def test_steady_improvement_never_unfreezes() -> None:
     s = UnfreezeScheduler(5, patience=1, max_epochs=8)
     rows: list[Row] = [(10.0 - e, True, 0, (), 1.0, e == 8, e == 8) for e in range(1, 9)]
     replay(s, rows)
-    assert s.num_unfrozen == 0 and s.frozen_groups == (0, 1, 2, 3, 4)
+    assert s.num_unfrozen == 0 and s.trainable_groups == ()
 
 
 def test_decision_fields_and_history() -> None:
