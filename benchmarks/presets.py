@@ -132,9 +132,25 @@ class StudyConfig:
     balance: str = "both"
     threads: int | None = 1
 
-    def top_n_for(self, backbone: str, default: int) -> int:
-        """The traditional top-n for ``backbone``: the override if given, else ``default``."""
-        return self.top_n.get(backbone, default)
+    def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:
+        """The traditional top-n for ``backbone``: the override if given, else ``default``.
+
+        Args:
+            backbone: Backbone name.
+            default: The backbone's Table 3 default.
+            available: Layers the built backbone has (the most that can be unfrozen).
+            layers_of: What a layer is, for the message, e.g. ``"weight layers of"``.
+
+        Raises:
+            StudyConfigError: The top-n exceeds ``available``.
+        """
+        top_n = self.top_n.get(backbone, default)
+        if top_n > available:
+            raise StudyConfigError(
+                f"--top-n {backbone}={top_n} exceeds the {available} {layers_of} {backbone}; "
+                f"use at most {available}"
+            )
+        return top_n
 
 
 QUICK = StudyConfig()

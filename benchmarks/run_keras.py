@@ -24,7 +24,7 @@ from dynft_core import PlateauMonitor
 
 from .backbones_keras import build_base, get_backbone
 from .metrics import classification_metrics
-from .presets import StudyConfig, StudyConfigError
+from .presets import StudyConfig
 from .training_common import (
     RunContext,
     SplitArrays,
@@ -32,7 +32,7 @@ from .training_common import (
     median_load_seconds,
     run_record,
     timeline_entry,
-    unfreeze_event,
+    unfreeze_events,
 )
 
 FRAMEWORK = "keras"
@@ -163,15 +163,6 @@ def _set_top_trainable(base: keras.Model, top_n: int) -> None:
         layer.trainable = position >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def _unfreeze_events(scheduler: Any, lr0: float) -> list[dict[str, Any]]:
-    events, lr = [], lr0
-    for decision in scheduler.history:
-        lr *= decision.lr_factor
-        if decision.unfroze:
-            events.append(unfreeze_event(decision, lr))
-    return events
-
-
 def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:
     """Train, evaluate on the test split, save and time-load one model.
 
@@ -197,12 +188,7 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
     num_groups: int | None = None
     with tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False) as bar:
         if ctx.strategy == "traditional":
-            top_n = cfg.top_n_for(ctx.backbone, spec.top_n)
-            if top_n > len(base.layers):
-                raise StudyConfigError(
-                    f"--top-n {ctx.backbone}={top_n} exceeds the {len(base.layers)} layers of "
-                    f"the Keras {ctx.backbone}; use at most {len(base.layers)}"
-                )
+            top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
             _set_top_trainable(base, top_n)
             stopper = EarlyStoppingBestWeights(cfg.patience)
             recorder = TimelineRecorder(bar, lambda: top_n)
@@ -232,7 +218,8 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
     if ctx.strategy == "traditional":
         best_epoch, events = stopper.monitor.best_epoch, []
     else:
-        best_epoch, events = tuner.scheduler.best_epoch, _unfreeze_events(tuner.scheduler, cfg.lr)
+        scheduler = tuner.scheduler
+        best_epoch, events = scheduler.best_epoch, unfreeze_events(scheduler.history, cfg.lr)
     test = EvalBatches(data, data.test, spec.preprocess)
     predictions = np.argmax(model.predict(test, verbose=0), axis=1)
     metrics = classification_metrics(data.test.labels, predictions, ctx.class_names)

@@ -28,7 +28,7 @@ from .backbones_torch import (
     trainable_parameters,
 )
 from .metrics import classification_metrics
-from .presets import StudyConfig, StudyConfigError
+from .presets import StudyConfig
 from .training_common import (
     RunContext,
     SplitArrays,
@@ -36,7 +36,7 @@ from .training_common import (
     median_load_seconds,
     run_record,
     timeline_entry,
-    unfreeze_event,
+    unfreeze_events,
 )
 
 FRAMEWORK = "torch"
@@ -164,8 +164,6 @@ def _train_dynamic(
         max_epochs=cfg.epochs,
     )
     timeline: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    best_epoch: int | None = None
     num_unfrozen = 0
     for epoch in range(1, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -173,15 +171,13 @@ def _train_dynamic(
         val_loss, _ = evaluate(model, data, data.val, preprocess, dev)
         timeline.append(timeline_entry(epoch, train_loss, val_loss, lr, num_unfrozen))
         decision = tuner.step(val_loss)
-        best_epoch = epoch if decision.improved else best_epoch
         num_unfrozen = decision.num_unfrozen
-        if decision.unfroze:
-            events.append(unfreeze_event(decision, optimizer.param_groups[0]["lr"]))
         bar.set_postfix(val_loss=f"{val_loss:.4f}", unfrozen=f"{num_unfrozen}/{len(layers)}")
         bar.update()
         if decision.stop:
             break
-    return timeline, best_epoch, events
+    scheduler = tuner.scheduler
+    return timeline, scheduler.best_epoch, unfreeze_events(scheduler.history, cfg.lr)
 
 
 def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:
@@ -209,12 +205,7 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
     desc = f"{ctx.backbone} {ctx.strategy} seed {ctx.seed}"
     with tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False) as bar:
         if ctx.strategy == "traditional":
-            top_n = cfg.top_n_for(ctx.backbone, spec.top_n)
-            if top_n > len(layers):
-                raise StudyConfigError(
-                    f"--top-n {ctx.backbone}={top_n} exceeds the {len(layers)} weight layers "
-                    f"of {ctx.backbone}; use at most {len(layers)}"
-                )
+            top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(layers), "weight layers of")
             timeline, best_epoch = _train_traditional(
                 model, cfg, data, spec.preprocess, dev, layers, top_n, bar
             )

@@ -158,14 +158,27 @@ def make_training_data(
     )
 
 
-def unfreeze_event(decision: Any, lr: float) -> dict[str, Any]:
-    """Run-dict entry for an unfreeze ``Decision``, ``lr`` being the rate after the decay."""
-    return {
-        "epoch": decision.epoch,
-        "groups": list(decision.newly_unfrozen),
-        "num_unfrozen": decision.num_unfrozen,
-        "lr": lr,
-    }
+def unfreeze_events(history: list[Any], lr0: float) -> list[dict[str, Any]]:
+    """Run-dict entries of the unfreezes in a scheduler's ``history`` of ``Decision``s.
+
+    Each entry's ``lr`` is the rate after that unfreeze's decay, replayed from
+    ``lr0`` with the decisions' ``lr_factor``s: the adapters apply exactly these
+    factors, and the Keras callback swaps its optimizer, so no optimizer holds
+    the whole story.
+    """
+    events, lr = [], lr0
+    for decision in history:
+        lr *= decision.lr_factor
+        if decision.unfroze:
+            events.append(
+                {
+                    "epoch": decision.epoch,
+                    "groups": list(decision.newly_unfrozen),
+                    "num_unfrozen": decision.num_unfrozen,
+                    "lr": lr,
+                }
+            )
+    return events
 
 
 def timeline_entry(
