@@ -15,11 +15,7 @@ import keras
 import numpy as np
 
 from .presets import NATIVE_IMAGE_SIZE, TOP_N_KERAS, StudyConfigError
-from .registry import BackboneRegistry
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested pretrained weights cannot be loaded (e.g. no network)."""
+from .registry import BackboneRegistry, WeightsUnavailableError
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,10 @@ import torch
 from torch import nn
 
 from .presets import NATIVE_IMAGE_SIZE, TOP_N_TORCH, StudyConfigError
-from .registry import BackboneRegistry
+from .registry import BackboneRegistry, WeightsUnavailableError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested pretrained weights cannot be loaded (e.g. no network)."""
 
 
 def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:

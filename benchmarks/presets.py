@@ -26,6 +26,10 @@ class StudyConfigError(ValueError):
     """A study setting is invalid (the message names the value and what is allowed)."""
 
 
+# How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
+BALANCE_MODES = ("both", "weights", "sampler")
+
+
 PAPER_BACKBONES = (
     "xception",
     "densenet121",

@@ -7,6 +7,10 @@ from typing import Generic, Protocol, TypeVar
 from .presets import StudyConfigError
 
 
+class WeightsUnavailableError(RuntimeError):
+    """The requested pretrained weights cannot be loaded (e.g. no network)."""
+
+
 class Named(Protocol):
     @property
     def name(self) -> str: ...

@@ -23,10 +23,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .presets import PRESETS, StudyConfig, StudyConfigError, preset_config
+from .presets import BALANCE_MODES, PRESETS, StudyConfig, StudyConfigError, preset_config
+from .registry import WeightsUnavailableError
 
 STRATEGIES = ("traditional", "dynamic")
-BALANCE_MODES = ("both", "weights", "sampler")
 FRAMEWORKS = ("torch", "keras")
 COMMON_PACKAGES = ["dynft", "numpy", "scipy", "scikit-learn", "matplotlib", "Pillow"]
 FRAMEWORK_PACKAGES = {
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, "-m", "benchmarks.study", *given])
     try:
         report, runs = run_study(cfg, args.preset, out_dir, registry, runner, command)
-    except (DataError, StudyConfigError, registry.WeightsUnavailableError, OSError) as err:
+    except (DataError, StudyConfigError, WeightsUnavailableError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print_summary(runs, report, time.perf_counter() - started)

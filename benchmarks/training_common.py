@@ -22,10 +22,9 @@ from PIL import Image
 
 from .augment import augment_minority
 from .balance import balanced_indices, class_weights, minority_mask
+from .presets import BALANCE_MODES
 
 LOAD_REPEATS = 3
-# How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
-BALANCE_MODES = ("both", "weights", "sampler")
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
