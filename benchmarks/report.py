@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.figures import STRATEGIES, best_run, draw_figures, grouped_runs
-from benchmarks.stats import compare_strategies, summarize_seeds
+from benchmarks.stats import compare_strategies, format_seed_summary, summarize_seeds
 
 RESULT_COLUMNS = (
     "framework",
@@ -182,15 +182,8 @@ def _statistics_section(statistics: dict) -> list[str]:
     lines = ["## Seed summaries (95 % CI, t distribution)", ""]
     seed_rows = []
     for row in statistics["seeds"]:
-        cells = [row["backbone"], row["strategy"], len(row["seeds"])]
-        for metric in ("accuracy", "macro_f1"):
-            summary = {key: 100 * value for key, value in row[metric].items() if key != "n"}
-            if row[metric]["n"] > 1:
-                interval = f"[{summary['ci95_low']:.2f}, {summary['ci95_high']:.2f}]"
-                cells.append(f"{summary['mean']:.2f} ± {summary['sd']:.2f} {interval}")
-            else:
-                cells.append(f"{summary['mean']:.2f} (one seed)")
-        seed_rows.append(cells)
+        summaries = [format_seed_summary(row[metric]) for metric in ("accuracy", "macro_f1")]
+        seed_rows.append([row["backbone"], row["strategy"], len(row["seeds"]), *summaries])
     lines += _table("Backbone|Strategy|Seeds|ACC (%)|F1 (%)", seed_rows)
     lines += ["", "## Paired tests: dynamic − traditional", ""]
     test_rows = [

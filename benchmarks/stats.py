@@ -60,6 +60,17 @@ def seed_summary(values) -> dict:
     }
 
 
+def format_seed_summary(summary: dict) -> str:
+    """A :func:`seed_summary` in percent: ``mean ± SD [95 % CI]`` or ``mean (one seed)``."""
+    mean = 100 * summary["mean"]
+    if summary["n"] < 2:
+        return f"{mean:.2f} (one seed)"
+    return (
+        f"{mean:.2f} ± {100 * summary['sd']:.2f} "
+        f"[{100 * summary['ci95_low']:.2f}, {100 * summary['ci95_high']:.2f}]"
+    )
+
+
 def paired_test(dynamic, traditional) -> dict:
     """Paired t-test and Wilcoxon signed-rank test of ``dynamic - traditional``.
 
@@ -184,8 +195,7 @@ def read_results_csv(path: Path) -> list[dict]:
     Args:
         path: The results.csv written by ``benchmarks.report.write_report``.
     """
-    with Path(path).open(newline="") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    rows = _csv_rows(path)
     required = {"backbone", "strategy", "seed", *METRICS}
     if not rows:
         raise ValueError(f"{path} has no result rows")
@@ -205,8 +215,6 @@ def load_paper_tables(path: Path = PAPER_TABLES) -> list[dict]:
     Args:
         path: The CSV shipped in ``benchmarks/data`` (default).
     """
-    with Path(path).open(newline="") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
     return [
         {
             "backbone": row["backbone"],
@@ -215,8 +223,14 @@ def load_paper_tables(path: Path = PAPER_TABLES) -> list[dict]:
             "accuracy": float(row["accuracy_pct"]) / 100.0,
             "macro_f1": float(row["f1_pct"]) / 100.0,
         }
-        for row in rows
+        for row in _csv_rows(path)
     ]
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    # '#' lines carry citations and notes (the paper's tables), not data
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(line for line in handle if not line.startswith("#")))
 
 
 def format_comparison(results: dict) -> str:
@@ -290,16 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_comparison(compare_strategies(runs)))
     print("\nSeed summaries (mean ± SD, 95% CI, in %):")
     for row in summarize_seeds(runs):
-        cells = []
-        for metric in METRICS:
-            summary = row[metric]
-            if summary["n"] < 2:
-                cells.append(f"{metric} {100 * summary['mean']:.2f} (one seed)")
-                continue
-            cells.append(
-                f"{metric} {100 * summary['mean']:.2f} ± {100 * summary['sd']:.2f} "
-                f"[{100 * summary['ci95_low']:.2f}, {100 * summary['ci95_high']:.2f}]"
-            )
+        cells = [f"{metric} {format_seed_summary(row[metric])}" for metric in METRICS]
         name = "/".join(part for part in (row["framework"], row["backbone"]) if part)
         print(f"  {name} {row['strategy']} (n={len(row['seeds'])}): " + "; ".join(cells))
     return 0
