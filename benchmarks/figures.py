@@ -38,6 +38,11 @@ def grouped_runs(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
     return groups
 
 
+def run_name(run: dict) -> str:
+    """``"torch resnet50 dynamic seed 0"``: how captions, links and titles name a run."""
+    return f"{run['framework']} {run['backbone']} {run['strategy']} seed {run['seed']}"
+
+
 def best_run(runs: list[dict]) -> dict:
     return max(runs, key=lambda run: (float(run["accuracy"]), float(run["macro_f1"])))
 
@@ -144,8 +149,6 @@ def _timeline_figure(run: dict, path: Path) -> Path:
     handles, names = loss_axes.get_legend_handles_labels()
     more_handles, more_names = rate_axes.get_legend_handles_labels()
     loss_axes.legend(handles + more_handles, names + more_names, fontsize=8, loc="upper right")
-    loss_axes.set_title(
-        f"{run['framework']} {run['backbone']} {run['strategy']} seed {run['seed']}"
-    )
+    loss_axes.set_title(run_name(run))
     _save(figure, path)
     return path

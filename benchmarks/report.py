@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.figures import STRATEGIES, best_run, draw_figures, grouped_runs
+from benchmarks.figures import STRATEGIES, best_run, draw_figures, grouped_runs, run_name
 from benchmarks.stats import compare_strategies, format_seed_summary, summarize_seeds
 
 RESULT_COLUMNS = (
@@ -213,8 +213,7 @@ def _best_run_section(best: dict) -> list[str]:
     lines = [
         "## Best run",
         "",
-        f"{best['framework']} {best['backbone']} {best['strategy']} seed {best['seed']}: "
-        f"accuracy {100 * float(best['accuracy']):.2f} %, macro-F1 "
+        f"{run_name(best)}: accuracy {100 * float(best['accuracy']):.2f} %, macro-F1 "
         f"{100 * float(best['macro_f1']):.2f} %.",
         "",
     ]
@@ -244,8 +243,7 @@ def _figures_section(figures: dict, out_dir: Path) -> list[str]:
     if figures["timelines"]:
         lines += ["### Training timelines (validation loss, learning rate, unfreeze events)", ""]
         for run, path in figures["timelines"]:
-            name = f"{run['framework']} {run['backbone']} {run['strategy']} seed {run['seed']}"
-            lines.append(f"- [{name}]({path.relative_to(out_dir).as_posix()})")
+            lines.append(f"- [{run_name(run)}]({path.relative_to(out_dir).as_posix()})")
     return lines
 
 
