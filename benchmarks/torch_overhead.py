@@ -46,8 +46,13 @@ def make_batches(count: int, batch_size: int) -> list[tuple[torch.Tensor, torch.
     ]
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> None:
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches, frozen: nn.Module | None = None
+) -> None:
+    """One epoch; ``frozen``, a backbone frozen by hand, goes back to eval mode (BatchNorm)."""
     model.train()
+    if frozen is not None:
+        frozen.eval()
     for images, labels in batches:
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(images), labels).backward()
@@ -60,16 +65,7 @@ def plain_setup() -> Callable[[list], None]:
     for parameter in model.features.parameters():
         parameter.requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def epoch(batches: list) -> None:
-        model.train()
-        model.features.eval()
-        for images, labels in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-
-    return epoch
+    return lambda batches: train_epoch(model, optimizer, batches, frozen=model.features)
 
 
 def head_only_setup() -> tuple[Callable[[list], None], DynamicFineTuner]:
