@@ -145,11 +145,7 @@ def _feature_blocks(root: nn.Module, prefix: str) -> list[list[str]] | None:
 def _inception(root: nn.Module, prefix: str) -> list[list[str]] | None:
     if not hasattr(root, "Mixed_5b"):
         return None
-    return [
-        [_join(prefix, name)]
-        for name, child in root.named_children()
-        if name not in HEAD_NAMES and _owns_parameters(child)
-    ]
+    return _children_with_parameters(root, prefix)
 
 
 def auto_group_module_names(
