@@ -39,6 +39,19 @@ def backbone_batchnorms(model: nn.Module, groups: Iterable[BackboneGroup]) -> di
     }
 
 
+def batchnorm_parameter_names(layers: dict[str, _BatchNorm]) -> set[str]:
+    """Names, in the whole model, of the affine parameters of ``layers`` (never unfrozen).
+
+    Args:
+        layers: Module name -> BatchNorm layer, from :func:`backbone_batchnorms`.
+    """
+    return {
+        pname
+        for name, layer in layers.items()
+        for pname, _ in layer.named_parameters(prefix=name, recurse=False)
+    }
+
+
 def _force_inference_mode(module: nn.Module, args: tuple[object, ...]) -> None:
     if module.training:
         module.training = False
@@ -65,18 +78,14 @@ class BatchNormFreezer:
 
     def parameter_names(self) -> set[str]:
         """Names of the affine parameters of the frozen layers."""
-        return {
-            f"{name}.{pname}" if name else pname
-            for name, layer in self.layers.items()
-            for pname, _ in layer.named_parameters(recurse=False)
-        }
+        return batchnorm_parameter_names(self.layers)
 
     def buffer_names(self) -> set[str]:
         """Names of the running statistics (and batch counters) of the frozen layers."""
         return {
-            f"{name}.{bname}" if name else bname
+            bname
             for name, layer in self.layers.items()
-            for bname, _ in layer.named_buffers(recurse=False)
+            for bname, _ in layer.named_buffers(prefix=name, recurse=False)
         }
 
     def remove(self) -> None:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dynft_core import Decision, UnfreezeScheduler
 
-from .freezing import backbone_batchnorms, freeze_parameter
+from .freezing import backbone_batchnorms, batchnorm_parameter_names, freeze_parameter
 from .groups import GroupSpec, resolve_groups
 from .tuner import DynamicFineTuner
 
@@ -97,11 +97,9 @@ class DynamicFineTuning(pl.Callback):
             return
         groups = resolve_groups(pl_module, self.backbone, self.groups_spec)
         self._parameters = dict(pl_module.named_parameters())
-        self._batchnorm_parameters = {
-            f"{layer_name}.{name}"
-            for layer_name, layer in backbone_batchnorms(pl_module, groups).items()
-            for name, _ in layer.named_parameters(recurse=False)
-        }
+        self._batchnorm_parameters = batchnorm_parameter_names(
+            backbone_batchnorms(pl_module, groups)
+        )
         for group in groups:
             for name in group.parameter_names:
                 freeze_parameter(self._parameters[name])
