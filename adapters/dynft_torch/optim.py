@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
-# Learning-rate keys that some schedulers keep in each param group and recompute ``lr`` from:
-# ``initial_lr`` (every LRScheduler), ``max_lr``/``min_lr`` (OneCycleLR).
+from .snapshot import cpu_copy
+
+# Learning-rate keys that OneCycleLR keeps in each param group and recomputes ``lr`` from. Only
+# scaled when that scheduler is given; ``initial_lr`` (set by every LRScheduler) is always scaled,
+# because schedulers constructed after the decay start from it.
 _SCHEDULER_GROUP_KEYS = ("max_lr", "min_lr")
 # Per-group learning-rate lists kept on the scheduler object (LambdaLR, StepLR, CosineAnnealing...
 # keep ``base_lrs``; CyclicLR keeps ``max_lrs``).
@@ -132,7 +135,7 @@ class OptimizerStateSnapshot:
                     continue
                 name = self.parameter_names[id(parameter)]
                 self.state[name] = {
-                    key: value.detach().to("cpu", copy=True)
+                    key: cpu_copy(value)
                     if isinstance(value, torch.Tensor)
                     else copy.deepcopy(value)
                     for key, value in entries.items()

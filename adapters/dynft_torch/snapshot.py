@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 
-def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``tensor`` in CPU memory (always a copy, also for CPU tensors)."""
     return tensor.detach().to("cpu", copy=True)
 
 
@@ -52,7 +53,7 @@ class WeightSnapshot:
         """
         named = self._named_tensors()
         with torch.no_grad():
-            self.tensors = {name: _cpu_copy(named[name]) for name in names}
+            self.tensors = {name: cpu_copy(named[name]) for name in names}
 
     def extend(self, names: Iterable[str]) -> None:
         """Add the current values of tensors that have not changed since :meth:`capture`."""
@@ -62,7 +63,7 @@ class WeightSnapshot:
         with torch.no_grad():
             for name in names:
                 if name not in self.tensors:
-                    self.tensors[name] = _cpu_copy(named[name])
+                    self.tensors[name] = cpu_copy(named[name])
 
     def restore(self) -> None:
         """Copy the snapshot back into the model, in place (parameter identity is kept)."""
@@ -92,4 +93,4 @@ class WeightSnapshot:
                     f"snapshot entry {name!r} has shape {tuple(tensor.shape)} but the model's "
                     f"tensor has shape {tuple(named[name].shape)}"
                 )
-        self.tensors = {name: _cpu_copy(tensor) for name, tensor in state.items()}
+        self.tensors = {name: cpu_copy(tensor) for name, tensor in state.items()}
