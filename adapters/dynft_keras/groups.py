@@ -58,13 +58,8 @@ def iter_units(backbone: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
             yield layer
 
 
-def trainable_units(backbone: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The units owning trainable weights, BatchNormalization excluded, in order."""
-    return [
-        layer
-        for layer in iter_units(backbone)
-        if owns_trainable_weights(layer) and not is_batch_norm(layer)
-    ]
+def _unfreezable(layer: keras.layers.Layer) -> bool:
+    return owns_trainable_weights(layer) and not is_batch_norm(layer)
 
 
 def layer_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]:
@@ -72,7 +67,7 @@ def layer_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]
 
     This is what the paper's layer counts mean.
     """
-    return [[layer] for layer in trainable_units(backbone)]
+    return [[layer] for layer in iter_units(backbone) if _unfreezable(layer)]
 
 
 def _block_key(name: str) -> str | None:
@@ -134,7 +129,7 @@ def block_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]
     groups: list[list[keras.layers.Layer]] = []
     previous_key: object = object()
     for layer, key in zip(units, keys, strict=True):
-        if not owns_trainable_weights(layer) or is_batch_norm(layer):
+        if not _unfreezable(layer):
             continue
         # Unmatched layers share the key None, so a stem and a top never merge
         # unless they are consecutive among the weighted layers.
