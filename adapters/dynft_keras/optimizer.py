@@ -10,10 +10,10 @@ change takes effect inside the running ``fit`` on every backend.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import keras
-import numpy as np
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -114,7 +114,7 @@ def scaled_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     """The learning rate the next step would use, as a Python float."""
-    return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 def serialize_learning_rate(learning_rate: LearningRate) -> Any:
@@ -151,11 +151,13 @@ def replace_optimizer(
     old = model.optimizer
     config = old.get_config()
     config["learning_rate"] = learning_rate
-    if keras.backend.backend() == "tensorflow":
-        with model.distribute_strategy.scope():
-            new = type(old).from_config(config)
-            new.build(model.trainable_variables)
-    else:
+    # Under tf.distribute the slots must be mirrored like the variables they belong to.
+    scope = (
+        model.distribute_strategy.scope()
+        if keras.backend.backend() == "tensorflow"
+        else contextlib.nullcontext()
+    )
+    with scope:
         new = type(old).from_config(config)
         new.build(model.trainable_variables)
     model.optimizer = new
