@@ -62,11 +62,6 @@ class WeightSnapshot:
         return self.epoch is None
 
     @property
-    def variables(self) -> list[keras.Variable]:
-        """The variables the snapshot holds values for."""
-        return [variable for variable, _ in self._entries.values()]
-
-    @property
     def nbytes(self) -> int:
         """Bytes of host memory held by the copied values."""
         return sum(array.nbytes for _, array in self._entries.values())
@@ -81,23 +76,16 @@ class WeightSnapshot:
         self._entries = {id(v): (v, _host_copy(v)) for v in variables}
         self.epoch = epoch
 
-    def extend(self, variables: Iterable[keras.Variable]) -> int:
+    def extend(self, variables: Iterable[keras.Variable]) -> None:
         """Add the current values of variables the snapshot does not hold yet.
 
         Called just before frozen groups become trainable: having been frozen
         since the snapshot was taken, their current values are the best
         epoch's, and a later restore must bring them back too.
-
-        Returns:
-            The number of bytes added.
         """
-        added = 0
         for variable in variables:
             if id(variable) not in self._entries:
-                copy = _host_copy(variable)
-                self._entries[id(variable)] = (variable, copy)
-                added += copy.nbytes
-        return added
+                self._entries[id(variable)] = (variable, _host_copy(variable))
 
     def restore(self) -> None:
         """Assign the stored values back to their variables.
