@@ -26,6 +26,7 @@ _EPOCH_KEY = "snapshot_epoch"
 
 
 def _replace_atomically(path: Path, write: Any, mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, mode) as handle:
         write(handle)
@@ -34,10 +35,8 @@ def _replace_atomically(path: Path, write: Any, mode: str) -> None:
 
 def save_state(folder: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write the callback state as JSON into ``folder`` (created if missing)."""
-    directory = Path(folder)
-    directory.mkdir(parents=True, exist_ok=True)
     _replace_atomically(
-        directory / STATE_FILE, lambda handle: json.dump(state, handle, allow_nan=True), "w"
+        Path(folder) / STATE_FILE, lambda handle: json.dump(state, handle, allow_nan=True), "w"
     )
 
 
@@ -45,10 +44,10 @@ def save_snapshot(
     folder: str | os.PathLike[str], arrays: dict[str, np.ndarray], epoch: int
 ) -> None:
     """Write the best snapshot's arrays into ``folder`` (created if missing)."""
-    directory = Path(folder)
-    directory.mkdir(parents=True, exist_ok=True)
     payload = {**arrays, _EPOCH_KEY: np.asarray(epoch)}
-    _replace_atomically(directory / SNAPSHOT_FILE, lambda handle: np.savez(handle, **payload), "wb")
+    _replace_atomically(
+        Path(folder) / SNAPSHOT_FILE, lambda handle: np.savez(handle, **payload), "wb"
+    )
 
 
 def load_state(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
