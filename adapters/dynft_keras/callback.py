@@ -7,7 +7,6 @@ import warnings
 from typing import Any
 
 import keras
-import numpy as np
 
 from dynft_core import Decision, UnfreezeScheduler
 
@@ -207,7 +206,7 @@ class DynamicFineTuning(keras.callbacks.Callback):
                 "choose monitor= among these keys"
             )
         assert self.scheduler is not None  # created in on_train_begin
-        decision = self.scheduler.step(float(np.asarray(logs[self.monitor])))
+        decision = self.scheduler.step(logs[self.monitor])
         self.apply(decision)
         logs["lr"] = current_learning_rate(self.model.optimizer)
         logs["dynft_unfrozen"] = decision.num_unfrozen
