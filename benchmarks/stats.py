@@ -120,7 +120,7 @@ def paired_test(dynamic, traditional) -> dict:
     return result
 
 
-def compare_strategies(runs: list[dict], metrics=METRICS) -> dict:
+def compare_strategies(runs: list[dict]) -> dict:
     """Paired tests of dynamic vs traditional for each metric.
 
     The pairing unit is the backbone (per framework), each strategy's value averaged over seeds,
@@ -130,7 +130,6 @@ def compare_strategies(runs: list[dict], metrics=METRICS) -> dict:
     Args:
         runs: Run dicts or results.csv rows with ``backbone``, ``strategy``, ``seed`` and the
             metrics (``framework`` optional).
-        metrics: Metric names to test (default accuracy and macro_f1).
 
     Returns:
         ``{metric: paired_test(...) + {"unit", "pairs"}}``.
@@ -146,7 +145,7 @@ def compare_strategies(runs: list[dict], metrics=METRICS) -> dict:
         unit = "backbone and seed"
         paired = [key for key, groups in by_unit[unit].items() if len(groups) == 2]
     results = {}
-    for metric in metrics:
+    for metric in METRICS:
         means = {
             strategy: [
                 float(np.mean([float(run[metric]) for run in by_unit[unit][key][strategy]]))
@@ -161,12 +160,11 @@ def compare_strategies(runs: list[dict], metrics=METRICS) -> dict:
     return results
 
 
-def summarize_seeds(runs: list[dict], metrics=METRICS) -> list[dict]:
+def summarize_seeds(runs: list[dict]) -> list[dict]:
     """Seed summary (mean ± SD, 95 % CI) per framework, backbone and strategy.
 
     Args:
         runs: Run dicts or results.csv rows.
-        metrics: Metric names to summarise (default accuracy and macro_f1).
 
     Returns:
         One dict per group with ``framework``, ``backbone``, ``strategy``, ``seeds`` and a
@@ -183,7 +181,7 @@ def summarize_seeds(runs: list[dict], metrics=METRICS) -> list[dict]:
             "strategy": strategy,
             "seeds": [member["seed"] for member in members],
         }
-        for metric in metrics:
+        for metric in METRICS:
             row[metric] = seed_summary([float(member[metric]) for member in members])
         rows.append(row)
     return rows

@@ -274,15 +274,14 @@ def file_size_mb(path: Path) -> float:
     return path.stat().st_size / 1e6
 
 
-def median_load_seconds(load: Callable[[], object], repeats: int = LOAD_REPEATS) -> float:
-    """Median wall time of ``repeats`` calls of ``load`` (a full model load each).
+def median_load_seconds(load: Callable[[], object]) -> float:
+    """Median wall time of ``LOAD_REPEATS`` calls of ``load`` (a full model load each).
 
     Args:
         load: Loads the saved model once.
-        repeats: Number of timed loads. Defaults to 3.
     """
     times = []
-    for _ in range(repeats):
+    for _ in range(LOAD_REPEATS):
         start = time.perf_counter()
         load()
         times.append(time.perf_counter() - start)
