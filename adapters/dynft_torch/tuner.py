@@ -179,12 +179,21 @@ class DynamicFineTuner:
             self.restore_best()
 
     def _unfreeze(self, indices: Sequence[int]) -> None:
-        named = []
-        for index in indices:
-            for name in self.trainable_parameter_names(self.groups[index]):
-                self._parameters[name].requires_grad_(True)
-                named.append((name, self._parameters[name]))
+        named = self._make_trainable(indices)
         self.snapshot.extend(name for name, _ in named)
+        self._add_to_optimizer(named)
+
+    def _make_trainable(self, indices: Sequence[int]) -> list[tuple[str, nn.Parameter]]:
+        named = [
+            (name, self._parameters[name])
+            for index in indices
+            for name in self.trainable_parameter_names(self.groups[index])
+        ]
+        for _, parameter in named:
+            parameter.requires_grad_(True)
+        return named
+
+    def _add_to_optimizer(self, named: Sequence[tuple[str, nn.Parameter]]) -> None:
         added = add_missing_parameters(self.optimizer, named)
         if added:
             self._added_param_groups.append(added)
@@ -242,16 +251,10 @@ class DynamicFineTuner:
                 "and groups"
             )
         self.scheduler.load_state_dict(state["scheduler"])
-        for index in self.scheduler.trainable_groups:
-            for name in self.trainable_parameter_names(self.groups[index]):
-                self._parameters[name].requires_grad_(True)
+        self._make_trainable(self.scheduler.trainable_groups)
         self._added_param_groups = []
         for names in state["added_param_groups"]:
-            added = add_missing_parameters(
-                self.optimizer, [(name, self._parameters[name]) for name in names]
-            )
-            if added:
-                self._added_param_groups.append(added)
+            self._add_to_optimizer([(name, self._parameters[name]) for name in names])
         self.snapshot.load_state_dict(state["snapshot"])
         if self._optimizer_snapshot is not None and state["optimizer_snapshot"] is not None:
             self._optimizer_snapshot.load_state_dict(state["optimizer_snapshot"])
