@@ -28,8 +28,13 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _owns_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
+def _owns_parameters(module: nn.Module, recurse: bool = True) -> bool:
+    return any(True for _ in module.parameters(recurse=recurse))
+
+
+def _submodule(root: nn.Module, prefix: str, name: str) -> nn.Module:
+    """The module that ``name`` (a name in the whole model) addresses inside ``root``."""
+    return root.get_submodule(name[len(prefix) + 1 :] if prefix else name)
 
 
 def _children_with_parameters(module: nn.Module, prefix: str) -> list[list[str]]:
@@ -40,22 +45,18 @@ def _children_with_parameters(module: nn.Module, prefix: str) -> list[list[str]]
     ]
 
 
-def _leaf_modules(module: nn.Module, prefix: str, skip: tuple[str, ...]) -> list[list[str]]:
-    groups = []
-    for name, child in module.named_modules():
-        if name.split(".")[0] in skip:
-            continue
-        if any(True for _ in child.parameters(recurse=False)):
-            groups.append([_join(prefix, name)])
-    return groups
+def _leaf_modules(module: nn.Module, prefix: str) -> list[list[str]]:
+    return [
+        [_join(prefix, name)]
+        for name, child in module.named_modules()
+        if name.split(".")[0] not in HEAD_NAMES and _owns_parameters(child, recurse=False)
+    ]
 
 
 def _only_batchnorm(root: nn.Module, root_name: str, module_names: list[str]) -> bool:
-    relative = [name[len(root_name) + 1 :] if root_name else name for name in module_names]
-    for name in relative:
-        module = root.get_submodule(name)
-        for sub in module.modules():
-            if any(True for _ in sub.parameters(recurse=False)) and not isinstance(sub, _BatchNorm):
+    for name in module_names:
+        for sub in _submodule(root, root_name, name).modules():
+            if _owns_parameters(sub, recurse=False) and not isinstance(sub, _BatchNorm):
                 return False
     return True
 
@@ -91,9 +92,8 @@ def _efficientnet_lite(root: nn.Module, prefix: str) -> list[list[str]] | None:
 
 
 def _exists(root: nn.Module, prefix: str, name: str) -> bool:
-    relative = name[len(prefix) + 1 :] if prefix else name
     try:
-        root.get_submodule(relative)
+        _submodule(root, prefix, name)
     except AttributeError:
         return False
     return True
@@ -163,12 +163,12 @@ def auto_group_module_names(
         Module-name groups, shallowest first.
     """
     if per_leaf:
-        return [tuple(names) for names in _leaf_modules(root, root_name, HEAD_NAMES)]
+        return [tuple(names) for names in _leaf_modules(root, root_name)]
     for finder in (_efficientnet_lite, _resnet, _feature_blocks, _inception):
         found = finder(root, root_name)
         if found:
             return [tuple(names) for names in _merge_batchnorm_only(root, root_name, found)]
-    leaves = _leaf_modules(root, root_name, HEAD_NAMES)
+    leaves = _leaf_modules(root, root_name)
     return [tuple(names) for names in _merge_batchnorm_only(root, root_name, leaves)]
 
 
