@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from .presets import NATIVE_IMAGE_SIZE, TOP_N_KERAS, StudyConfigError
-from .registry import BackboneRegistry, WeightsUnavailableError
+from .registry import RANDOM_INIT, BackboneRegistry, build_imagenet
 
 
 @dataclass(frozen=True)
@@ -67,18 +67,16 @@ def build_base(name: str, weights: str, image_size: int) -> tuple[keras.Model, s
     """
     spec = _REGISTRY.get_for_size(name, image_size)
     if weights == "imagenet":
-        try:
-            return spec.build("imagenet", image_size), "imagenet"
-        except Exception as err:  # the loader raises a bare Exception on a failed download
-            raise WeightsUnavailableError(
-                f"could not load ImageNet weights for {name} through keras.applications "
-                f"({type(err).__name__}: {err}). Without network access use --weights PATH (a "
-                "no-top weights file, e.g. one copied from ~/.keras/models on another machine) "
-                "or --weights none (random init)"
-            ) from err
+        base = build_imagenet(
+            lambda: spec.build("imagenet", image_size),
+            name,
+            "through keras.applications",
+            "a no-top weights file, e.g. one copied from ~/.keras/models on another machine",
+        )
+        return base, "imagenet"
     base = spec.build(None, image_size)
     if weights == "none":
-        return base, "none (random init)"
+        return base, RANDOM_INIT
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file")

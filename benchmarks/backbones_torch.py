@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .presets import NATIVE_IMAGE_SIZE, TOP_N_TORCH, StudyConfigError
-from .registry import BackboneRegistry, WeightsUnavailableError
+from .registry import RANDOM_INIT, BackboneRegistry, build_imagenet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -154,17 +154,15 @@ def build_classifier(
     """
     spec = _REGISTRY.get_for_size(name, image_size)
     if weights == "imagenet":
-        try:
-            features = spec.build(True, image_size)
-        except Exception as err:  # download failures come as URLError, OSError, HF errors...
-            raise WeightsUnavailableError(
-                f"could not load ImageNet weights for {name} from {spec.imagenet_source} "
-                f"({type(err).__name__}: {err}). Without network access use --weights PATH "
-                "(a local state_dict file) or --weights none (random init)"
-            ) from err
+        features = build_imagenet(
+            lambda: spec.build(True, image_size),
+            name,
+            f"from {spec.imagenet_source}",
+            "a local state_dict file",
+        )
         used = "imagenet"
     elif weights == "none":
-        features, used = spec.build(False, image_size), "none (random init)"
+        features, used = spec.build(False, image_size), RANDOM_INIT
     else:
         features = spec.build(False, image_size)
         load_backbone_file(features, Path(weights), name)

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from .presets import StudyConfigError
 
+# The weights label of a randomly initialised run, so it is never reported as ImageNet.
+RANDOM_INIT = "none (random init)"
+ModelT = TypeVar("ModelT")
+
 
 class WeightsUnavailableError(RuntimeError):
     """The requested pretrained weights cannot be loaded (e.g. no network)."""
+
+
+def build_imagenet(
+    build: Callable[[], ModelT], name: str, source: str, offline_file: str
+) -> ModelT:
+    """``build()`` a backbone with ImageNet weights; a failed download says what to do instead.
+
+    Args:
+        build: Builds the backbone, fetching its ImageNet weights.
+        name: Backbone name.
+        source: Where the weights come from, e.g. ``"through keras.applications"``.
+        offline_file: What a ``--weights PATH`` file must be for this framework.
+
+    Raises:
+        WeightsUnavailableError: The loader failed (no network, no cached file).
+    """
+    try:
+        return build()
+    except Exception as err:  # loaders fail with a bare Exception, URLError, OSError, hub errors
+        raise WeightsUnavailableError(
+            f"could not load ImageNet weights for {name} {source} ({type(err).__name__}: {err}). "
+            f"Without network access use --weights PATH ({offline_file}) or --weights none "
+            "(random init)"
+        ) from err
 
 
 class Named(Protocol):

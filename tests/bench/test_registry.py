@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from benchmarks.presets import StudyConfigError
-from benchmarks.registry import BackboneRegistry
+from benchmarks.registry import BackboneRegistry, WeightsUnavailableError, build_imagenet
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,17 @@ def test_image_size_below_the_backbone_minimum_is_refused() -> None:
         StudyConfigError, match="--image-size 74 is too small for inception_v3; it needs >= 75"
     ):
         registry.get_for_size("inception_v3", 74)
+
+
+def test_a_failed_imagenet_download_explains_the_offline_alternatives() -> None:
+    def offline() -> object:
+        raise OSError("no network")
+
+    with pytest.raises(WeightsUnavailableError) as raised:
+        build_imagenet(offline, "resnet50", "from torchvision", "a local state_dict file")
+    assert str(raised.value) == (
+        "could not load ImageNet weights for resnet50 from torchvision (OSError: no network). "
+        "Without network access use --weights PATH (a local state_dict file) or --weights none "
+        "(random init)"
+    )
+    assert build_imagenet(lambda: "model", "resnet50", "from torchvision", "a file") == "model"
