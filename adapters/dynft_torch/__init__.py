@@ -5,8 +5,6 @@ decisions out on a ``torch.nn.Module`` and its optimizer. The Lightning callback
 :mod:`dynft_torch.lightning` (imported on demand, Lightning is optional).
 """
 
-from dynft_core import Decision, UnfreezeScheduler
-
 from .freezing import BatchNormFreezer, backbone_batchnorms
 from .groups import BackboneGroup, resolve_groups
 from .snapshot import WeightSnapshot
@@ -15,9 +13,7 @@ from .tuner import DynamicFineTuner
 __all__ = [
     "BackboneGroup",
     "BatchNormFreezer",
-    "Decision",
     "DynamicFineTuner",
-    "UnfreezeScheduler",
     "WeightSnapshot",
     "backbone_batchnorms",
     "resolve_groups",
