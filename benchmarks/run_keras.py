@@ -183,10 +183,9 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
     model, base, weights_used = build_model(ctx, cfg.weights)
     train = TrainBatches(data, spec.preprocess)
     val = EvalBatches(data, data.val, spec.preprocess)
-    desc = f"{ctx.backbone} {ctx.strategy} seed {ctx.seed}"
     top_n: int | None = None
     num_groups: int | None = None
-    with tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False) as bar:
+    with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         if ctx.strategy == "traditional":
             top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
             _set_top_trainable(base, top_n)

@@ -202,8 +202,7 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
     model, weights_used = build_classifier(ctx.backbone, cfg.weights, num_classes, ctx.image_size)
     model.to(dev)
     layers = layer_groups(model.backbone)
-    desc = f"{ctx.backbone} {ctx.strategy} seed {ctx.seed}"
-    with tqdm(total=cfg.epochs, desc=desc, unit="epoch", leave=False) as bar:
+    with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         if ctx.strategy == "traditional":
             top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(layers), "weight layers of")
             timeline, best_epoch = _train_traditional(

@@ -248,17 +248,6 @@ def run_study(
                 for backbone in cfg.backbones:
                     size = cfg.image_size or registry.get_backbone(backbone).native_size
                     for strategy in cfg.strategies:
-                        overall.set_description(f"{backbone} {strategy} seed {seed}")
-                        data = make_training_data(
-                            dataset.images,
-                            dataset.labels,
-                            split,
-                            size,
-                            len(dataset.class_names),
-                            cfg.batch_size,
-                            seed,
-                            cfg.balance,
-                        )
                         ctx = RunContext(
                             backbone,
                             strategy,
@@ -268,6 +257,17 @@ def run_study(
                             list(dataset.class_names),
                             size,
                             out_dir,
+                        )
+                        overall.set_description(ctx.label)
+                        data = make_training_data(
+                            dataset.images,
+                            dataset.labels,
+                            split,
+                            size,
+                            len(dataset.class_names),
+                            cfg.batch_size,
+                            seed,
+                            cfg.balance,
                         )
                         runs.append(runner.run(cfg, ctx, data))
                         overall.update()

@@ -217,6 +217,11 @@ class RunContext:
     image_size: int
     out_dir: Path
 
+    @property
+    def label(self) -> str:
+        """``"resnet50 dynamic seed 0"``, for progress bars."""
+        return f"{self.backbone} {self.strategy} seed {self.seed}"
+
     def model_path(self, framework: str, suffix: str) -> Path:
         """Where this run's model is saved (folder created)."""
         folder = self.out_dir / "models"
