@@ -145,11 +145,9 @@ def _plain_npz(arrays: dict[str, np.ndarray], path: Path) -> Dataset:
             "labels, class_names and optionally patient_ids, or the MedMNIST layout "
             "train_images/val_images/test_images with matching *_labels"
         )
-    count = len(arrays["images"])
     patient_ids = arrays.get("patient_ids")
     if patient_ids is None:
-        # Without ids every image is its own patient, so the split degrades to image level.
-        patient_ids = np.array([f"image-{index}" for index in range(count)])
+        patient_ids = _one_patient_per_image(len(arrays["images"]))
     return Dataset(
         name=path.stem,
         images=arrays["images"],
@@ -159,6 +157,11 @@ def _plain_npz(arrays: dict[str, np.ndarray], path: Path) -> Dataset:
         official_split=None,
         synthetic=False,
     )
+
+
+def _one_patient_per_image(count: int) -> np.ndarray:
+    # Without ids every image is its own patient, so the split degrades to image level.
+    return np.array([f"image-{index}" for index in range(count)])
 
 
 def _medmnist_npz(arrays: dict[str, np.ndarray], path: Path) -> Dataset:
@@ -186,7 +189,7 @@ def _medmnist_npz(arrays: dict[str, np.ndarray], path: Path) -> Dataset:
         images=np.concatenate([arrays[f"{split}_images"] for split in MEDMNIST_SPLITS]),
         labels=labels,
         class_names=_medmnist_class_names(arrays, path.stem, labels),
-        patient_ids=np.array([f"image-{index}" for index in range(len(labels))]),
+        patient_ids=_one_patient_per_image(len(labels)),
         official_split=official,
         synthetic=False,
     )
