@@ -67,14 +67,14 @@ def train_epoch(
 ) -> float:
     """One epoch over class-balanced batches; returns the mean weighted training loss."""
     model.train()
-    weights = torch.from_numpy(data.class_weights).to(dev)
     total, count = 0.0, 0
     for indices in data.epoch_plan():
-        images, labels, _ = data.train_batch(indices)
+        images, labels, sample_weights = data.train_batch(indices)
         target = torch.from_numpy(labels).to(dev)
+        weights = torch.from_numpy(sample_weights).to(dev)
         logits = model(preprocess(_tensor(images, dev)))
         # per-sample Eq. 14 weights averaged over the batch, as Keras does with sample_weight
-        loss = (F.cross_entropy(logits, target, reduction="none") * weights[target]).mean()
+        loss = (F.cross_entropy(logits, target, reduction="none") * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
