@@ -163,20 +163,19 @@ def _train_dynamic(
         decay=cfg.decay,
         max_epochs=cfg.epochs,
     )
+    scheduler = tuner.scheduler
     timeline: list[dict[str, Any]] = []
-    num_unfrozen = 0
     for epoch in range(1, cfg.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
+        lr, num_unfrozen = optimizer.param_groups[0]["lr"], scheduler.num_unfrozen
         train_loss = train_epoch(model, optimizer, data, preprocess, dev)
         val_loss, _ = evaluate(model, data, data.val, preprocess, dev)
         timeline.append(timeline_entry(epoch, train_loss, val_loss, lr, num_unfrozen))
         decision = tuner.step(val_loss)
-        num_unfrozen = decision.num_unfrozen
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", unfrozen=f"{num_unfrozen}/{len(layers)}")
+        unfrozen = f"{decision.num_unfrozen}/{len(layers)}"
+        bar.set_postfix(val_loss=f"{val_loss:.4f}", unfrozen=unfrozen)
         bar.update()
         if decision.stop:
             break
-    scheduler = tuner.scheduler
     return timeline, scheduler.best_epoch, unfreeze_events(scheduler.history, cfg.lr)
 
 
