@@ -17,7 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-STRATEGIES = ("traditional", "dynamic")
+from benchmarks.presets import STRATEGIES
+
 STRATEGY_COLOURS = {"traditional": "tab:blue", "dynamic": "tab:orange"}
 EVENT_LABEL_STYLE: dict[str, Any] = {
     "xycoords": ("data", "axes fraction"), "xytext": (-2, -4), "textcoords": "offset points",

@@ -26,6 +26,8 @@ class StudyConfigError(ValueError):
     """A study setting is invalid (the message names the value and what is allowed)."""
 
 
+# The two fine-tuning strategies the study compares, baseline first.
+STRATEGIES = ("traditional", "dynamic")
 # How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
 BALANCE_MODES = ("both", "weights", "sampler")
 
@@ -120,7 +122,7 @@ class StudyConfig:
     framework: str = "torch"
     data: str = "phantom"
     backbones: tuple[str, ...] = ("efficientnet_lite0",)
-    strategies: tuple[str, ...] = ("traditional", "dynamic")
+    strategies: tuple[str, ...] = STRATEGIES
     image_size: int | None = 96
     epochs: int = 20
     seeds: tuple[int, ...] = (0,)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.figures import STRATEGIES, best_run, draw_figures, grouped_runs, run_name
+from benchmarks.figures import best_run, draw_figures, grouped_runs, run_name
+from benchmarks.presets import STRATEGIES
 from benchmarks.stats import compare_strategies, format_seed_summary, summarize_seeds
 
 RESULT_COLUMNS = (

@@ -23,10 +23,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .presets import BALANCE_MODES, PRESETS, StudyConfig, StudyConfigError, preset_config
+from .presets import (
+    BALANCE_MODES,
+    PRESETS,
+    STRATEGIES,
+    StudyConfig,
+    StudyConfigError,
+    preset_config,
+)
 from .registry import WeightsUnavailableError
 
-STRATEGIES = ("traditional", "dynamic")
 FRAMEWORKS = ("torch", "keras")
 COMMON_PACKAGES = ["dynft", "numpy", "scipy", "scikit-learn", "matplotlib", "Pillow"]
 FRAMEWORK_PACKAGES = {
