@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks.figures import best_run, draw_figures, grouped_runs, run_name
 from benchmarks.presets import STRATEGIES
-from benchmarks.stats import compare_strategies, format_seed_summary, summarize_seeds
+from benchmarks.stats import METRICS, compare_strategies, format_seed_summary, summarize_seeds
 
 RESULT_COLUMNS = (
     "framework",
@@ -183,7 +183,7 @@ def _statistics_section(statistics: dict) -> list[str]:
     lines = ["## Seed summaries (95 % CI, t distribution)", ""]
     seed_rows = []
     for row in statistics["seeds"]:
-        summaries = [format_seed_summary(row[metric]) for metric in ("accuracy", "macro_f1")]
+        summaries = [format_seed_summary(row[metric]) for metric in METRICS]
         seed_rows.append([row["backbone"], row["strategy"], len(row["seeds"]), *summaries])
     lines += _table("Backbone|Strategy|Seeds|ACC (%)|F1 (%)", seed_rows)
     lines += ["", "## Paired tests: dynamic − traditional", ""]
