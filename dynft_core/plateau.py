@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+from collections.abc import Mapping
 from typing import Any
 
 MODES = ("min", "max")
+CONFIG_MODES = ("auto", "min", "max")
+
+# Name fragments of metrics where higher is better, and of those where lower is (``mode="auto"``).
+# Lower-is-better names win: "val_accuracy_loss" is a loss.
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse", "mape", "perplexity", "crossentropy")
+_HIGHER_IS_BETTER = (
+    "acc", "accuracy", "auc", "f1", "fbeta", "precision", "recall", "iou", "dice",
+    "map", "kappa", "mcc", "r2", "score", "ap", "top_k", "top5", "top1", "bleu", "rouge",
+)  # fmt: skip
+_SPLIT_PREFIXES = ("val_", "eval_", "valid_", "validation_", "test_", "val/", "eval/", "valid/")
 
 
 def check_mode(mode: object) -> str:
@@ -14,6 +26,42 @@ def check_mode(mode: object) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     return str(mode)
+
+
+def resolve_mode(mode: object, monitor: str | None) -> str:
+    """The direction ``"min"`` / ``"max"`` for ``mode`` (``"auto"``, ``"min"`` or ``"max"``).
+
+    ``"auto"`` reads the direction off the monitored name, like Keras callbacks: a name made of
+    ``loss``, ``error``, ``mse``... is minimised, one made of ``acc``, ``accuracy``, ``auc``,
+    ``f1``, ``precision``, ``recall``... is maximised (a ``val_``/``eval_`` prefix is ignored).
+
+    Raises:
+        ValueError: ``mode`` is none of the three, or ``"auto"`` cannot tell the direction of
+            ``monitor`` (the message asks for an explicit mode).
+    """
+    if mode not in CONFIG_MODES:
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return str(mode)
+    if not isinstance(monitor, str) or not monitor:
+        raise ValueError(
+            "mode='auto' reads the direction off the monitored name, but no monitor name was "
+            f"given (monitor={monitor!r}); pass monitor='val_loss' or the like, or mode='min'/'max'"
+        )
+    name = monitor.lower()
+    for prefix in _SPLIT_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    words = set(re.split(r"[^a-z0-9]+", name)) | {name}
+    if any(w.endswith(low) or w.startswith(low) for w in words for low in _LOWER_IS_BETTER):
+        return "min"
+    if any(w in _HIGHER_IS_BETTER or w.endswith("accuracy") for w in words):
+        return "max"
+    raise ValueError(
+        f"mode='auto' cannot tell whether {monitor!r} should go down or up; pass mode='min' "
+        "(a loss or an error) or mode='max' (accuracy, AUC, F1 ...)"
+    )
 
 
 def check_min_delta(min_delta: object) -> float:
@@ -111,7 +159,7 @@ class PlateauMonitor:
             "wait": self.wait,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the state produced by ``state_dict()``."""
         best = state["best"]
         self.best_epoch = None if state["best_epoch"] is None else int(state["best_epoch"])

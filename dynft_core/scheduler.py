@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from .decision import Decision
 from .plateau import PlateauMonitor, as_metric
+from .state_check import STATE_VERSION, load_checked_state
 
-STATE_VERSION = 1
 
-
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` as an ``int`` if it is an integer >= ``minimum`` (bools are not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _check_decay(decay: object) -> float:
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool`` (``"false"``, ``0`` and ``None`` are refused)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_decay(decay: object) -> float:
+    """Return ``decay`` as a float if ``0 <= decay < 1``."""
     if (
         isinstance(decay, bool)
         or not isinstance(decay, numbers.Real)
@@ -38,7 +48,13 @@ class UnfreezeScheduler:
     groups are unfrozen (``m = min(m + step, L)``), the learning rate is to be
     multiplied by ``1 - decay`` and the best weights restored. A plateau with
     every group unfrozen, or reaching ``max_epochs``, stops training; the final
-    model is the best-validation one.
+    model is the best-validation one. When something else ends training (another
+    callback, a framework budget, a loop that simply ends), :meth:`finish` takes
+    the closing decision, so the run still ends on the best weights.
+
+    A non-finite value (a diverged epoch) is a miss like any other, and the best
+    weights are restored right away (``Decision.diverged``), so training never
+    continues from NaN weights when a best state exists.
 
     Args:
         num_groups: Number of backbone groups ``L`` (>= 1).
@@ -47,10 +63,13 @@ class UnfreezeScheduler:
         step: Groups unfrozen per unfreeze, ``k`` (>= 1). Defaults to 3.
         decay: Learning-rate decay per unfreeze, ``0 <= decay < 1``.
             Defaults to 0.1.
-        max_epochs: Epoch budget ``n`` (>= 1). Defaults to 100.
+        max_epochs: Epoch budget ``n`` (>= 1), or ``None`` for no budget (training
+            then ends at the final plateau or at :meth:`finish`). Defaults to 100.
         min_delta: Minimum change that counts as an improvement (>= 0).
             Defaults to 0.
         mode: ``"min"`` (e.g. a loss, the default) or ``"max"`` (e.g. accuracy).
+        restore_best_weights: End on the best weights (Algorithm 1, the default). ``False``
+            keeps the last weights at the end (the rollbacks at an unfreeze still happen).
 
     Attributes:
         num_groups: ``L``.
@@ -66,15 +85,17 @@ class UnfreezeScheduler:
         patience: int = 5,
         step: int = 3,
         decay: float = 0.1,
-        max_epochs: int = 100,
+        max_epochs: int | None = 100,
         min_delta: float = 0.0,
         mode: str = "min",
+        restore_best_weights: bool = True,
     ) -> None:
-        self.num_groups = _check_int("num_groups", num_groups, 1)
-        self.patience = _check_int("patience", patience, 1)
-        self.step_size = _check_int("step", step, 1)
-        self.decay = _check_decay(decay)
-        self.max_epochs = _check_int("max_epochs", max_epochs, 1)
+        self.num_groups = check_int("num_groups", num_groups, 1)
+        self.patience = check_int("patience", patience, 1)
+        self.step_size = check_int("step", step, 1)
+        self.decay = check_decay(decay)
+        self.max_epochs = None if max_epochs is None else check_int("max_epochs", max_epochs, 1)
+        self.restore_best_weights = check_bool("restore_best_weights", restore_best_weights)
         self._monitor = PlateauMonitor(mode=mode, min_delta=min_delta)
         self.num_unfrozen = 0
         self.num_unfreezes = 0
@@ -140,6 +161,7 @@ class UnfreezeScheduler:
         self.epoch += 1
         previous_best = self.best
         improved = self._monitor.update(value, self.epoch)
+        diverged = not math.isfinite(value)
 
         newly_unfrozen: tuple[int, ...] = ()
         lr_factor = 1.0
@@ -157,9 +179,11 @@ class UnfreezeScheduler:
             else:
                 stop = True
         plateau_stop = stop
-        if self.epoch >= self.max_epochs:
+        if self.max_epochs is not None and self.epoch >= self.max_epochs:
             stop = True
         self.stopped = stop
+        has_best = self.best_epoch is not None
+        restore = bool(newly_unfrozen) or diverged or (stop and self.restore_best_weights)
 
         decision = Decision(
             epoch=self.epoch,
@@ -169,11 +193,66 @@ class UnfreezeScheduler:
             newly_unfrozen=newly_unfrozen,
             trainable_groups=self.trainable_groups,
             lr_factor=lr_factor,
-            restore_best=(bool(newly_unfrozen) or stop) and self.best_epoch is not None,
+            restore_best=restore and has_best,
             stop=stop,
             reason=self._reason(value, previous_best, improved, newly_unfrozen, plateau_stop),
+            diverged=diverged,
         )
         self.history.append(decision)
+        return decision
+
+    def finish(self, why: str = "training ended") -> Decision:
+        """Close a run that something other than this scheduler ended.
+
+        Call it once training is over for good: another callback stopped it, the framework's
+        epoch or step budget ran out, the loop simply ended. The returned decision restores the
+        best weights (unless ``restore_best_weights=False``) and is recorded in ``history``;
+        afterwards the scheduler is stopped. On a scheduler that already stopped itself (whose
+        stop decision restored the best already) it returns a decision with nothing to do and
+        records nothing, so calling it twice is harmless.
+
+        Args:
+            why: What ended training, for ``reason`` (e.g. ``"fit ended after 6 epochs"``).
+
+        Returns:
+            A ``Decision`` with ``stop=True`` and ``external_stop=True``; its ``epoch`` is the
+            last epoch stepped (no new epoch is counted) and its ``value`` is NaN.
+        """
+        has_best = self.best_epoch is not None
+        already_stopped = self.stopped
+        if already_stopped:
+            restore = False
+            reason = f"{why}: the scheduler had already stopped at epoch {self.epoch}"
+        else:
+            self.stopped = True
+            restore = self.restore_best_weights and has_best
+            if restore:
+                outcome = f"restored best of epoch {self.best_epoch}"
+            elif has_best:
+                outcome = "kept the last weights (restore_best_weights=False)"
+            else:
+                outcome = (
+                    "no finite validation value, no best to restore: the model holds the "
+                    "last weights"
+                )
+                warnings.warn(f"dynft: {why}: {outcome}", RuntimeWarning, stacklevel=2)
+            budget = "" if self.max_epochs is None else f" of max_epochs={self.max_epochs}"
+            reason = f"{why} after {self.epoch}{budget} epochs: {outcome}"
+        decision = Decision(
+            epoch=self.epoch,
+            value=math.nan,
+            improved=False,
+            num_unfrozen=self.num_unfrozen,
+            newly_unfrozen=(),
+            trainable_groups=self.trainable_groups,
+            lr_factor=1.0,
+            restore_best=restore,
+            stop=True,
+            reason=reason,
+            external_stop=True,
+        )
+        if not already_stopped:
+            self.history.append(decision)
         return decision
 
     def _reason(
@@ -200,11 +279,20 @@ class UnfreezeScheduler:
                 parts[-1] += f" ({self.wait}/{self.patience})"
         has_best = self.best_epoch is not None
         restored = f"restored best of epoch {self.best_epoch}" if has_best else "no best to restore"
-        final = (
-            f"stop with the best of epoch {self.best_epoch}"
-            if has_best
-            else "stop, no best to restore"
-        )
+        if not math.isfinite(value) and not newly_unfrozen and not self.stopped:
+            parts.append(
+                f"diverged: {restored}"
+                if has_best
+                else "diverged with no best to restore: the weights may not be finite"
+            )
+        if self.restore_best_weights:
+            final = (
+                f"stop with the best of epoch {self.best_epoch}"
+                if has_best
+                else ("stop, no best to restore")
+            )
+        else:
+            final = "stop with the last weights (restore_best_weights=False)"
         if newly_unfrozen:
             span = (
                 f"group {newly_unfrozen[0]}"
@@ -235,6 +323,7 @@ class UnfreezeScheduler:
             "max_epochs": self.max_epochs,
             "min_delta": self.min_delta,
             "mode": self.mode,
+            "restore_best_weights": self.restore_best_weights,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -250,40 +339,32 @@ class UnfreezeScheduler:
             "history": [d.to_dict() for d in self.history],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state produced by ``state_dict()`` of an equally configured scheduler.
 
+        Every field is checked, against its type and against the others, before anything is
+        changed: a state that fails leaves the scheduler exactly as it was.
+
         Raises:
-            ValueError: The state is of another version or was saved with a
-                different configuration (named in the message).
+            ValueError: The state is of another version, was saved with a different
+                configuration, or a field is missing, of the wrong type or inconsistent with
+                the rest (the message names the key).
         """
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"unsupported state version {state.get('version')!r}; expected {STATE_VERSION}"
-            )
-        saved = state["config"]
-        for key, value in self.config().items():
-            if saved.get(key) != value:
-                raise ValueError(
-                    f"state was saved with {key}={saved.get(key)!r} but this scheduler has "
-                    f"{key}={value!r}; construct it with the saved configuration"
-                )
-        num_unfrozen = _check_int("num_unfrozen", state["num_unfrozen"], 0)
-        if num_unfrozen > self.num_groups:
-            raise ValueError(
-                f"num_unfrozen must be <= num_groups={self.num_groups}, got {num_unfrozen}"
-            )
-        self._monitor.load_state_dict(state["monitor"])
-        self.num_unfrozen = num_unfrozen
-        self.num_unfreezes = _check_int("num_unfreezes", state["num_unfreezes"], 0)
-        self.epoch = _check_int("epoch", state["epoch"], 0)
-        self.stopped = bool(state["stopped"])
-        self.history = [Decision.from_dict(d) for d in state["history"]]
+        loaded = load_checked_state(state, self.config())
+        (
+            self._monitor,
+            self.num_unfrozen,
+            self.num_unfreezes,
+            self.epoch,
+            self.stopped,
+            self.history,
+        ) = loaded
 
     def __repr__(self) -> str:
+        budget = "None" if self.max_epochs is None else str(self.max_epochs)
         return (
             f"UnfreezeScheduler(num_groups={self.num_groups}, patience={self.patience}, "
-            f"step={self.step_size}, decay={self.decay}, max_epochs={self.max_epochs}, "
+            f"step={self.step_size}, decay={self.decay}, max_epochs={budget}, "
             f"min_delta={self.min_delta}, mode={self.mode!r}; epoch={self.epoch}, "
             f"num_unfrozen={self.num_unfrozen}, best={self.best:.6g}, wait={self.wait})"
         )

@@ -29,7 +29,9 @@ INVALID: list[tuple[str, object, str]] = [
         (name, bad, ">= 1")
         for name in ("num_groups", "patience", "step", "max_epochs")
         for bad in (0, -1, True, False, 2.0, 2.5, "3", None, math.nan)
+        if not (name == "max_epochs" and bad is None)  # None: no epoch budget
     ],
+    *[("restore_best_weights", bad, "True or False") for bad in (0, 1, "false", None)],
     *[
         ("decay", bad, "0 <= decay < 1")
         for bad in (1.0, 1, 1.5, -0.1, -1e-12, math.nan, math.inf, True, False, "0.1", None)
@@ -84,6 +86,7 @@ def test_defaults_follow_the_issue() -> None:
         "max_epochs": 100,
         "min_delta": 0.0,
         "mode": "min",
+        "restore_best_weights": True,
     }
     assert (s.num_unfrozen, s.epoch, s.wait, s.lr_scale, s.stopped) == (0, 0, 0, 1.0, False)
     assert s.trainable_groups == () and s.history == []
@@ -171,6 +174,8 @@ def _saved(**config: Any) -> dict[str, Any]:
         ("max_epochs", 11),
         ("min_delta", 0.01),
         ("mode", "max"),
+        ("max_epochs", None),
+        ("restore_best_weights", False),
     ],
 )
 def test_loading_a_state_of_another_configuration_names_the_key(key: str, other: object) -> None:
@@ -181,14 +186,87 @@ def test_loading_a_state_of_another_configuration_names_the_key(key: str, other:
     assert target.state_dict() == untouched
 
 
-def test_loading_rejects_an_unknown_version_and_impossible_counts() -> None:
+def _with(state: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    changed = json.loads(json.dumps(state))
+    *parents, last = path.split(".")
+    node = changed
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is _DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return changed
+
+
+_DELETE = object()
+
+# (path into the state of _saved(), a bad value, the key the message must name)
+BAD_STATES: list[tuple[str, object, str]] = [
+    ("version", 99, "version"),
+    ("version", "2", "version"),
+    ("num_unfrozen", VALID["num_groups"] + 1, "num_unfrozen"),
+    ("num_unfrozen", -1, "num_unfrozen"),
+    ("num_unfrozen", 1, "num_unfrozen"),
+    ("num_unfrozen", "3", "num_unfrozen"),
+    ("num_unfreezes", 2, "num_unfrozen"),
+    ("num_unfreezes", True, "num_unfreezes"),
+    ("epoch", 11, "epoch"),
+    ("epoch", 5, "history"),
+    ("epoch", -1, "epoch"),
+    ("epoch", 4.0, "epoch"),
+    ("stopped", "false", "stopped"),
+    ("stopped", 0, "stopped"),
+    ("stopped", True, "stopped"),
+    ("monitor.wait", -3, "monitor.wait"),
+    ("monitor.wait", 9, "monitor.wait"),
+    ("monitor.wait", 2, "monitor.wait"),
+    ("monitor.best", "0.5", "monitor.best"),
+    ("monitor.best", 0.25, "monitor.best"),
+    ("monitor.best", None, "monitor"),
+    ("monitor.best_epoch", 9, "monitor.best_epoch"),
+    ("monitor.best_epoch", 1, "monitor.best"),
+    ("monitor", [], "monitor"),
+    ("monitor.wait", _DELETE, "monitor"),
+    ("history", {}, "history"),
+    ("history.0", "epoch 1", "history[0]"),
+    ("history.0.epoch", 2, "history"),
+    ("history.1.improved", "yes", "history[1]"),
+    ("history.1.newly_unfrozen", [7], "history[1]"),
+    ("history.3.stop", 1, "history[3]"),
+    ("history.3.lr_factor", None, "history[3]"),
+    ("history.2.reason", 3, "history[2]"),
+    ("history.0.extra", 1, "history[0]"),
+    ("history.0.diverged", _DELETE, "history[0]"),
+    ("config.decay", "0.1", "decay"),
+    ("config.surprise", 1, "config"),
+    ("config", None, "config"),
+    ("history", _DELETE, "history"),
+    ("stopped", _DELETE, "stopped"),
+]
+
+
+@pytest.mark.parametrize(("path", "bad", "named"), BAD_STATES, ids=repr)
+def test_a_bad_state_is_refused_naming_the_key_and_changes_nothing(
+    path: str, bad: object, named: str
+) -> None:
+    saved = _saved()
     target = UnfreezeScheduler(**VALID)
-    with pytest.raises(ValueError, match="version"):
-        target.load_state_dict({**_saved(), "version": 99})
-    with pytest.raises(ValueError, match="num_unfrozen"):
-        target.load_state_dict({**_saved(), "num_unfrozen": VALID["num_groups"] + 1})
-    with pytest.raises(ValueError, match="num_unfrozen"):
-        target.load_state_dict({**_saved(), "num_unfrozen": -1})
+    target.step(3.0)
+    untouched = target.state_dict()
+    with pytest.raises(ValueError) as caught:
+        target.load_state_dict(_with(saved, path, bad))
+    assert named in str(caught.value), str(caught.value)
+    assert target.state_dict() == untouched
+    target.load_state_dict(saved)  # the unchanged state still loads
+    assert target.state_dict() == saved
+
+
+def test_loading_something_that_is_not_a_state() -> None:
+    with pytest.raises(ValueError, match="must be a dict"):
+        UnfreezeScheduler(**VALID).load_state_dict([1, 2])  # type: ignore[arg-type]
 
 
 def test_round_trip_of_a_stopped_scheduler_keeps_it_stopped() -> None:

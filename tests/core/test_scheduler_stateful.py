@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +40,10 @@ class ReferenceAlgorithm1:
     patience: int
     step_size: int
     decay: float
-    max_epochs: int
+    max_epochs: int | None
     min_delta: float
     mode: str
+    restore_best_weights: bool
     epoch: int = 0
     num_unfrozen: int = 0
     unfreezes: int = 0
@@ -85,17 +87,32 @@ class ReferenceAlgorithm1:
                 self.counter = 0
             else:
                 stop = True
-        if self.epoch >= self.max_epochs:
+        if self.max_epochs is not None and self.epoch >= self.max_epochs:
             stop = True
         self.finished = stop
         has_best = self.best is not None
+        # a non-finite epoch is rolled back at once; the end restores unless opted out
+        diverged = not math.isfinite(value)
+        wants_best = bool(newly) or diverged or (stop and self.restore_best_weights)
         return Expected(
             improved=improved,
             num_unfrozen=self.num_unfrozen,
             newly_unfrozen=newly,
             lr_factor=lr_factor,
-            restore_best=(bool(newly) or stop) and has_best,
+            restore_best=wants_best and has_best,
             stop=stop,
+        )
+
+    def finish(self) -> Expected:
+        """Something else ended training: restore the best unless opted out (or none)."""
+        was_finished, self.finished = self.finished, True
+        return Expected(
+            improved=False,
+            num_unfrozen=self.num_unfrozen,
+            newly_unfrozen=(),
+            lr_factor=1.0,
+            restore_best=not was_finished and self.restore_best_weights and self.best is not None,
+            stop=True,
         )
 
 
@@ -119,9 +136,10 @@ CONFIGS = st.fixed_dictionaries(
             st.sampled_from([0.0, 0.1, 0.5]),
             st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
         ),
-        "max_epochs": st.integers(min_value=1, max_value=40),
+        "max_epochs": st.one_of(st.integers(min_value=1, max_value=40), st.none()),
         "min_delta": st.one_of(st.just(0.0), st.sampled_from([0.1, 0.25, 1.0]), st.floats(0, 3)),
         "mode": st.sampled_from(["min", "max"]),
+        "restore_best_weights": st.booleans(),
     }
 )
 
@@ -148,6 +166,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             max_epochs=config["max_epochs"],
             min_delta=config["min_delta"],
             mode=config["mode"],
+            restore_best_weights=config["restore_best_weights"],
         )
         self.clone = None
         self.previous_unfrozen = 0
@@ -180,6 +199,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert decision.lr_factor == expected.lr_factor
         assert decision.restore_best is expected.restore_best
         assert decision.stop is expected.stop is s.stopped
+        assert decision.diverged is (not math.isfinite(float(decision.value)))
+        assert not decision.external_stop
         assert decision.trainable_groups == s.trainable_groups
         assert s.history[-1] is decision and len(s.history) == s.epoch
         # Read straight off the history: the misses in a row since the last improvement or
@@ -200,7 +221,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert "unfroze group" in decision.reason
         else:
             assert s.wait == ref.counter
-        if expected.stop and s.epoch < s.max_epochs:
+        if expected.stop and (s.max_epochs is None or s.epoch < s.max_epochs):
             assert s.num_unfrozen == s.num_groups and s.wait >= s.patience
         assert isinstance(decision.reason, str) and decision.reason
 
@@ -250,6 +271,39 @@ class SchedulerMachine(RuleBasedStateMachine):
                 raise AssertionError("a restored stopped scheduler accepted step()")
         self.clone = clone
         self.advance(value, data)
+
+    @rule(data=st.data())
+    def finish_early(self, data: st.DataObject) -> None:
+        """Something else ends training: finish() closes the run on the best weights."""
+        event("rule finish_early")
+        if self.scheduler.stopped:
+            self.begin(data.draw(CONFIGS, label="next configuration"))
+            self.apply(data.draw(MONITORED_VALUES, label="first value"))
+        was_stopped = self.scheduler.stopped
+        length = len(self.scheduler.history)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decision = self.scheduler.finish("another callback stopped training")
+        expected = self.reference.finish()
+        # ending with no best state at all is said out loud
+        no_best = not was_stopped and self.scheduler.best_epoch is None
+        assert len(caught) == int(no_best), [str(w.message) for w in caught]
+        assert decision.external_stop and decision.stop and self.scheduler.stopped
+        assert decision.restore_best is expected.restore_best
+        assert decision.epoch == self.scheduler.epoch and not decision.newly_unfrozen
+        assert decision.lr_factor == 1.0 and not decision.improved
+        assert len(self.scheduler.history) == length + (not was_stopped)
+        # finishing twice changes nothing and restores nothing
+        again = self.scheduler.finish("again")
+        assert not again.restore_best and len(self.scheduler.history) == length + (not was_stopped)
+        if self.clone is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert self.clone.finish("another callback stopped training") == decision
+        state = self.scheduler.state_dict()
+        restored = UnfreezeScheduler(**self.config)
+        restored.load_state_dict(json.loads(json.dumps(state, allow_nan=False)))
+        assert restored.state_dict() == state and restored.stopped
 
     @invariant()
     def unfrozen_count_is_monotone_and_bounded(self) -> None:

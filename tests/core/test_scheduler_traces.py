@@ -41,9 +41,9 @@ def test_paper_setting_ten_groups_patience_two_step_three() -> None:
         (0.85, True, 3, (), 1.0, False, False),
         (0.85, False, 3, (), 1.0, False, False),  # a tie is no improvement
         (0.86, False, 6, (4, 5, 6), 0.9, True, False),
-        (NAN, False, 6, (), 1.0, False, False),
+        (NAN, False, 6, (), 1.0, True, False),  # diverged: rolled back at once
         (0.80, True, 6, (), 1.0, False, False),
-        (INF, False, 6, (), 1.0, False, False),
+        (INF, False, 6, (), 1.0, True, False),
         (0.81, False, 9, (1, 2, 3), 0.9, True, False),
         (0.70, True, 9, (), 1.0, False, False),
         (0.75, False, 9, (), 1.0, False, False),
@@ -130,11 +130,14 @@ def test_nan_before_any_best_unfreezes_without_a_restore() -> None:
         (NAN, False, 0, (), 1.0, False, False),
         (NAN, False, 1, (1,), 0.9, False, False),  # nothing to restore yet
         (1.0, True, 1, (), 1.0, False, False),
-        (-INF, False, 1, (), 1.0, False, False),  # -inf would be the best loss, were it finite
+        (-INF, False, 1, (), 1.0, True, False),  # not finite: a divergence, rolled back
         (2.0, False, 2, (0,), 0.9, True, True),
     ]
     decisions = replay(s, rows)
     assert "no best to restore" in decisions[1].reason
+    assert "diverged with no best to restore" in decisions[0].reason
+    assert "diverged: restored best of epoch 3" in decisions[3].reason
+    assert decisions[0].diverged and not decisions[2].diverged
     assert "(0/2)" not in decisions[1].reason
     assert (s.best, s.best_epoch) == (1.0, 3)
 
@@ -204,3 +207,64 @@ def test_decision_fields_and_history() -> None:
     with pytest.raises(AttributeError):
         second.stop = True  # type: ignore[misc]
     assert Decision.from_dict(second.to_dict()) == second
+
+
+def test_no_budget_runs_until_the_final_plateau() -> None:
+    s = UnfreezeScheduler(2, patience=1, step=2, max_epochs=None)
+    rows: list[Row] = [(1.0 / e, True, 0, (), 1.0, False, False) for e in range(1, 300)]
+    rows += [
+        (1.0, False, 2, (0, 1), 0.9, True, False),
+        (1.0, False, 2, (), 1.0, True, True),
+    ]
+    decisions = replay(s, rows)
+    assert s.epoch == 301 and "plateau" in decisions[-1].reason
+
+
+def test_finish_restores_the_best_when_something_else_ends_training() -> None:
+    s = UnfreezeScheduler(4, patience=3, step=1, max_epochs=20)
+    for value in (1.0, 0.5, 0.8, 0.9):
+        s.step(value)
+    final = s.finish("EarlyStopping ended fit")
+    assert (final.stop, final.restore_best, final.external_stop) == (True, True, True)
+    assert final.epoch == 4 and math.isnan(final.value) and s.stopped
+    assert final.reason == (
+        "EarlyStopping ended fit after 4 of max_epochs=20 epochs: restored best of epoch 2"
+    )
+    assert s.history[-1] is final and len(s.history) == 5
+    again = s.finish("on_train_end")
+    assert not again.restore_best and len(s.history) == 5
+    with pytest.raises(RuntimeError, match="stopped"):
+        s.step(0.1)
+
+
+def test_finish_after_the_scheduler_stopped_itself_does_nothing() -> None:
+    s = UnfreezeScheduler(1, patience=1, step=1, max_epochs=2)
+    s.step(1.0)
+    assert s.step(2.0).stop
+    final = s.finish("fit ended")
+    assert not final.restore_best and "had already stopped at epoch 2" in final.reason
+    assert len(s.history) == 2
+
+
+def test_finish_before_any_finite_value_warns() -> None:
+    s = UnfreezeScheduler(2, patience=3)
+    s.step(NAN)
+    with pytest.warns(RuntimeWarning, match="no best to restore"):
+        final = s.finish("the loop ended")
+    assert not final.restore_best and final.stop
+
+
+def test_restore_best_weights_false_keeps_the_last_weights_at_the_end() -> None:
+    s = UnfreezeScheduler(2, patience=1, step=2, max_epochs=4, restore_best_weights=False)
+    rows: list[Row] = [
+        (1.0, True, 0, (), 1.0, False, False),
+        (2.0, False, 2, (0, 1), 0.9, True, False),  # the rollback of Algorithm 1 still happens
+        (0.5, True, 2, (), 1.0, False, False),
+        (0.7, False, 2, (), 1.0, False, True),  # stop, no restore
+    ]
+    decisions = replay(s, rows)
+    assert "last weights" in decisions[-1].reason
+    other = UnfreezeScheduler(2, patience=5, max_epochs=4, restore_best_weights=False)
+    other.step(1.0)
+    other.step(2.0)
+    assert not other.finish("budget").restore_best
