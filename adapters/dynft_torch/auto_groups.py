@@ -175,7 +175,8 @@ def auto_group_module_names(
 def timm_parameter_groups(root: nn.Module, root_name: str) -> list[list[str]] | None:
     """Parameter-name groups from a timm model's ``group_matcher``, or ``None`` if not timm.
 
-    The classifier returned by ``get_classifier()`` is the head and belongs to no group.
+    The classifier returned by ``get_classifier()`` (both heads of a distilled model) is the
+    head and belongs to no group.
     """
     matcher = getattr(root, "group_matcher", None)
     if not callable(matcher):
@@ -188,8 +189,10 @@ def timm_parameter_groups(root: nn.Module, root_name: str) -> list[list[str]] | 
     get_classifier = getattr(root, "get_classifier", None)
     if callable(get_classifier):
         classifier = get_classifier()
-        if isinstance(classifier, nn.Module):
-            head_ids = {id(p) for p in classifier.parameters()}
+        # Distilled models (DeiT) return their two heads as a tuple.
+        for head in classifier if isinstance(classifier, tuple) else (classifier,):
+            if isinstance(head, nn.Module):
+                head_ids |= {id(p) for p in head.parameters()}
     parameter_ids = {name: id(p) for name, p in root.named_parameters()}
     grouped = group_parameters(root, matcher(coarse=False))
     groups = []
