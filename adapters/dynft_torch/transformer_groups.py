@@ -8,8 +8,8 @@ Hugging Face models are split by their structure, the same rule for every family
   model that owns parameters: BERT's pooler (dense + tanh on the first token) exists only to feed
   the sequence classifier and is fine-tuned with it.
 * The *block list* is the ``nn.ModuleList`` of the base model (not inside another
-  ``ModuleList``) holding the most parameters, more than every other such list together
-  (``encoder.layer`` in BERT, ``layers`` in ViT/DeiT, ``encoder.layers`` in Swin,
+  ``ModuleList``) holding the most parameters, at least four times as many as any other such
+  list (``encoder.layer`` in BERT, ``layers`` in ViT/DeiT, ``encoder.layers`` in Swin,
   ``encoder.stages`` in ConvNeXt/ResNet). Each entry is one group, except a *stage*: an entry
   with exactly one direct child that is a list of same-type composite blocks (Swin's ``blocks``,
   ConvNeXt's and ResNet's ``layers``) gives one group per block, and the stage's other children
@@ -21,9 +21,9 @@ Hugging Face models are split by their structure, the same rule for every family
   deepest block.
 
 A Hugging Face model whose block list cannot be found this way (no ``ModuleList``, or several
-of similar size as in encoder-decoder models) is refused with an error asking for explicit
-groups; so is an auto split of a module that merely *contains* a Hugging Face model, where the
-head cannot be told apart.
+of comparable size as in encoder-decoder and two-tower models) is refused with an error asking
+for explicit groups; so is an auto split of a module that merely *contains* a Hugging Face
+model, where the head cannot be told apart.
 
 timm models (also inside ``transformers``' ``TimmWrapper`` models) use timm's own fine
 ``group_matcher`` (see :func:`dynft_torch.auto_groups.timm_parameter_groups`); a final group made
@@ -150,9 +150,14 @@ def _block_list_name(base: nn.Module) -> str:
     if not candidates:
         raise _unknown_architecture(base, "it has no ModuleList of blocks")
     largest = max(candidates, key=candidates.__getitem__)
-    if 2 * candidates[largest] <= sum(candidates.values()):
+    # A second list of comparable size means two towers (encoder and decoder, text and
+    # vision): no single input-to-head order of blocks exists.
+    rivals = [
+        n for n, size in candidates.items() if n != largest and 4 * size >= candidates[largest]
+    ]
+    if rivals:
         raise _unknown_architecture(
-            base, f"no single ModuleList holds most block parameters ({sorted(candidates)})"
+            base, f"it has several block lists of comparable size ({sorted([largest, *rivals])})"
         )
     return largest
 
