@@ -1,9 +1,10 @@
 """Architecture-aware default groups (``groups="auto"``) and the per-leaf split (``"modules"``).
 
-Recognised families, checked in this order:
+Hugging Face ``transformers`` models and timm models with ``group_matcher`` (timm's own
+fine-grained blocks, classifier excluded, via ``timm_parameter_groups``) are split first, by
+``transformer_groups``. The other recognised families, checked in this order:
 
 * EfficientNet-Lite (``efficientnet_lite_pytorch``): stem, every ``_blocks[i]``, conv head.
-* timm models with ``group_matcher``: timm's own fine-grained blocks (classifier excluded).
 * torchvision ResNet: stem (``conv1``/``bn1``), then every block of ``layer1``..``layer4``.
 * torchvision DenseNet: stem, every dense layer and transition.
 * torchvision MobileNetV2/V3, EfficientNet/V2, VGG, or any ``nn.Sequential`` backbone:

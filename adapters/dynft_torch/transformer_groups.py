@@ -26,7 +26,7 @@ for explicit groups; so is an auto split of a module that merely *contains* a Hu
 model, where the head cannot be told apart.
 
 timm models (also inside ``transformers``' ``TimmWrapper`` models) use timm's own fine
-``group_matcher`` (see :func:`dynft_torch.auto_groups.timm_parameter_groups`); a final group made
+``group_matcher`` (``dynft_torch.auto_groups.timm_parameter_groups``); a final group made
 only of normalization layers (ViT's ``fc_norm``, ConvNeXt's ``head.norm``) joins the deepest
 block.
 
@@ -278,8 +278,8 @@ def describe_groups(model: nn.Module, groups: Sequence[BackboneGroup]) -> str:
 
     Args:
         model: The whole network.
-        groups: Its groups, e.g. :func:`~dynft_torch.groups.resolve_groups` or a tuner's
-            ``groups``.
+        groups: Its groups, from [`resolve_groups()`][dynft_torch.resolve_groups] or a
+            tuner's ``groups``.
 
     Returns:
         One line per group, shallowest first, and a last line for the parameters in no group;
