@@ -8,7 +8,7 @@ import torch
 import transformers
 from dynft_torch import DynamicFineTuner, resolve_groups
 from dynft_torch.transformer_groups import describe_groups
-from tiny_transformers import build, make_batch, vit_blocks
+from tiny_transformers import build, make_batch, timm_vit, vit_blocks
 from torch import nn
 
 VIT_BLOCKS = vit_blocks()
@@ -168,36 +168,14 @@ def test_base_model_as_backbone_with_pooler_and_mask_token():
 
 
 def test_timm_final_norm_after_pooling_joins_the_deepest_block():
-    timm = pytest.importorskip("timm")
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        num_classes=3,
-        img_size=16,
-        patch_size=4,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-        global_pool="avg",
-        fc_norm=True,
-    )
+    model = timm_vit(depth=2, global_pool="avg", fc_norm=True)
     groups = resolve_groups(model)
     assert [g.name for g in groups] == ["patch_embed", "blocks.0", "blocks.1+fc_norm"]
     assert head_names(model, groups) == ["head.weight", "head.bias"]
 
 
 def test_timm_distilled_model_keeps_both_heads_trainable():
-    timm = pytest.importorskip("timm")
-    model = timm.create_model(
-        "deit_tiny_distilled_patch16_224",
-        pretrained=False,
-        num_classes=3,
-        img_size=16,
-        patch_size=4,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-    )
+    model = timm_vit("deit_tiny_distilled_patch16_224", depth=2)
     groups = resolve_groups(model)
     assert [g.name for g in groups] == ["patch_embed", "blocks.0", "blocks.1+norm"]
     assert head_names(model, groups) == [

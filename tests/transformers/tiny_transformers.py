@@ -83,16 +83,18 @@ def _resnet() -> nn.Module:
     return transformers.ResNetForImageClassification(config)
 
 
-def _timm_vit() -> nn.Module:
+def timm_vit(architecture: str = "vit_tiny_patch16_224", depth: int = 3, **options) -> nn.Module:
+    """A tiny random-init timm ViT-family model (``options`` go to ``timm.create_model``)."""
     return timm.create_model(
-        "vit_tiny_patch16_224",
+        architecture,
         pretrained=False,
         num_classes=NUM_LABELS,
         img_size=IMAGE_SIZE,
         patch_size=4,
         embed_dim=16,
-        depth=3,
+        depth=depth,
         num_heads=2,
+        **options,
     )
 
 
@@ -122,7 +124,7 @@ BUILDERS = {
     "swin": _swin,
     "convnext": _convnext,
     "resnet": _resnet,
-    "timm_vit": _timm_vit,
+    "timm_vit": timm_vit,
     "timm_convnext": _timm_convnext,
 }
 TEXT_FAMILIES = ("bert", "roberta", "distilbert")
