@@ -54,9 +54,15 @@ def test_plain_ddp_rewrap_keeps_ranks_identical(tmp_path):
     assert_same_weights(results)
     assert_newly_unfrozen_trained(results[0], "")
 
-    # control: without re-wrapping, the reducer never averages the newly unfrozen gradients
+    assert all(result["error"] is None for result in results)
+
+    # without re-wrapping, the reducer never averages the newly unfrozen gradients: the ranks
+    # drift apart during epoch 3, and the step after it stops the run on both ranks
     stale = load(tmp_path, "rewrapFalse")
-    assert stale[0]["decisions"] == stale[1]["decisions"] == expected
+    assert stale[0]["decisions"] == stale[1]["decisions"] == expected[:2]
+    for result in stale:
+        assert "ranks hold different trainable weights after epoch 3" in result["error"]
+        assert "unfrozen at epoch 2" in result["error"] and "rewrap_ddp" in result["error"]
     diverged = [
         name
         for name, tensor in stale[0]["state"].items()
