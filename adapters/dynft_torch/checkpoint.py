@@ -176,8 +176,10 @@ def _check_model(path: Path, model: nn.Module, saved: object) -> None:
     if missing or unexpected:
         key = missing[0] if missing else unexpected[0]
         problem = "is missing" if missing else "is not in the model"
-        raise CheckpointError(f"{path}: key 'model.{key}' {problem} ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected)")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: key 'model.{key}' {problem} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected)"
+        )
     for key, tensor in saved.items():
         if not isinstance(tensor, torch.Tensor) or tensor.shape != mine[key].shape:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)

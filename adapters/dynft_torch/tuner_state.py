@@ -22,8 +22,16 @@ if TYPE_CHECKING:
 
 STATE_FORMAT = "dynft_torch.DynamicFineTuner"
 STATE_VERSION = 2
-_KEYS = ("format", "version", "options", "scheduler", "group_parameter_names", "placements",
-         "snapshot", "optimizer_snapshot")  # fmt: skip
+_KEYS = (
+    "format",
+    "version",
+    "options",
+    "scheduler",
+    "group_parameter_names",
+    "placements",
+    "snapshot",
+    "optimizer_snapshot",
+)
 
 
 def _options(tuner: DynamicFineTuner) -> dict[str, Any]:
@@ -119,8 +127,10 @@ def _snapshot(tuner: DynamicFineTuner, saved: object, expected: set[str], has_be
     if has_best and set(saved) != expected:
         absent = sorted(expected - set(saved))[:3]
         extra = sorted(set(saved) - expected)[:3]
-        raise _fail("snapshot", f"does not hold what the run trained (missing {absent}, "
-                    f"not trained {extra})")  # fmt: skip
+        raise _fail(
+            "snapshot",
+            f"does not hold what the run trained (missing {absent}, not trained {extra})",
+        )
 
 
 def load_plan(tuner: DynamicFineTuner, state: object) -> LoadPlan:
