@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
-from .groups import BackboneGroup, is_under
+from .group_specs import is_under
+from .groups import BackboneGroup
 
 
 def backbone_batchnorms(model: nn.Module, groups: Iterable[BackboneGroup]) -> dict[str, _BatchNorm]:

@@ -16,14 +16,6 @@ from .auto_groups import auto_group_module_names, layer_parameter_groups, timm_p
 from .group_specs import GroupSpec, explicit_groups, is_under, module_name_of, parameters_under
 
 GROUP_MODES = ("auto", "layers", "modules")
-__all__ = [
-    "GROUP_MODES",
-    "BackboneGroup",
-    "GroupSpec",
-    "is_under",
-    "module_name_of",
-    "resolve_groups",
-]
 
 
 @dataclass(frozen=True)
