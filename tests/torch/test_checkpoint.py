@@ -171,7 +171,9 @@ def test_objects_built_differently_are_refused_naming_the_key(saved, options, ma
 def test_optimizer_layout_and_scheduler_classes_are_checked(saved, tmp_path):
     model, optimizer, scheduler, tuner = build(seed=1)
     signature = fresh_signature((model, optimizer, scheduler, tuner))
-    with pytest.raises(CheckpointError, match=r"'optimizer.param_groups' has 2 groups, the optimizer 1 \(after"):
+    with pytest.raises(
+        CheckpointError, match=r"'optimizer.param_groups' has 2 groups, the optimizer 1 \(after"
+    ):
         load_checkpoint(saved, model=model, optimizer=optimizer)
     step = sched.StepLR(optimizer, 2)
     with pytest.raises(CheckpointError, match=r"'lr_schedulers' holds \['LambdaLR'\], expected"):
