@@ -1,11 +1,11 @@
 """Interruption-safe checkpoints for a plain PyTorch loop: one file, replaced atomically.
 
 ``torch.save(state, "ckpt.pt")`` overwrites the only checkpoint in place; a kill during the
-write leaves a truncated file and nothing to resume from. :func:`save_checkpoint` writes a
+write leaves a truncated file and nothing to resume from. ``save_checkpoint`` writes a
 temporary file in the same folder, flushes it to disk and renames it over the old one
 (``os.replace`` is atomic on POSIX and Windows): at any moment the path holds either the old
 complete checkpoint or the new one. Model, optimizer, tuner and schedulers live in that one file,
-so they can never come from different epochs. :func:`load_checkpoint` checks everything
+so they can never come from different epochs. ``load_checkpoint`` checks everything
 (``weights_only=True``, every key, every shape, the optimizer layout the tuner re-creates, the
 saved epoch against the tuner's) before it changes anything.
 """
@@ -233,8 +233,11 @@ def load_checkpoint(
 
     Args:
         path: The checkpoint file.
-        model, optimizer, tuner, lr_scheduler: What to restore (each optional; a tuner needs
-            its model and optimizer, built as in the saved run).
+        model: The model to restore (wrappers unwrapped).
+        optimizer: The optimizer to restore, built as in the saved run.
+        tuner: The tuner to restore, freshly built as in the saved run; needs ``model`` and
+            ``optimizer`` (its own).
+        lr_scheduler: One scheduler or a list, of the saved classes.
         map_location: Where tensors are loaded first (``"cpu"`` by default; the model and
             optimizer then copy them to their own devices).
 

@@ -9,7 +9,7 @@ NaN on any rank makes the mean NaN everywhere (no improvement on all ranks alike
 when the wrapper was built. After an unfreeze under an old wrapper the newly trainable
 parameters train on each rank's data alone and the ranks drift apart. Under data parallelism the
 weights are bit-identical on every rank, so ``step`` compares an exact fingerprint of the
-trainable weights across ranks and stops the run on the first difference; :func:`rewrap_ddp`
+trainable weights across ranks and stops the run on the first difference; ``rewrap_ddp``
 builds the new wrapper.
 """
 

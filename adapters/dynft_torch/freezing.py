@@ -48,7 +48,7 @@ def batchnorm_parameter_names(layers: dict[str, _BatchNorm]) -> set[str]:
     """Names, in the whole model, of the affine parameters of ``layers`` (never unfrozen).
 
     Args:
-        layers: Module name -> BatchNorm layer, from :func:`backbone_batchnorms`.
+        layers: Module name -> BatchNorm layer, from ``backbone_batchnorms``.
     """
     return {
         pname
@@ -78,7 +78,7 @@ class BatchNormFreezer:
     surrounding group has been unfrozen.
 
     Args:
-        layers: Module name -> BatchNorm layer, from :func:`backbone_batchnorms`.
+        layers: Module name -> BatchNorm layer, from [`backbone_batchnorms`][dynft_torch.backbone_batchnorms].
     """
 
     def __init__(self, layers: dict[str, _BatchNorm]) -> None:

@@ -11,7 +11,7 @@ schedule. ``SequentialLR`` and ``ChainedScheduler`` hold schedulers inside: thos
 
 Only the classes of ``torch.optim.lr_scheduler`` whose state is known are accepted; a subclass
 that keeps its per-group state in the same attributes can be admitted with
-:func:`register_lr_scheduler`.
+``register_lr_scheduler``.
 """
 
 from __future__ import annotations

@@ -98,10 +98,10 @@ class OptimizerStateSnapshot:
             raise ValueError(f"'optimizer_snapshot.devices' has entries without state: {unknown}")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned.
+        """Restore what ``state_dict`` returned.
 
         Raises:
-            ValueError: See :meth:`check_state_dict`; nothing is changed then.
+            ValueError: See ``check_state_dict``; nothing is changed then.
         """
         self.check_state_dict(state)
         self.state = {name: dict(entries) for name, entries in state["state"].items()}

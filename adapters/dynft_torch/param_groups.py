@@ -186,7 +186,7 @@ class ParamGroupPlacer:
         return list(buckets.values())
 
     def add_all(self, placements: Sequence[Placement], lr_ratio: float) -> None:
-        """Carry out :meth:`plan`'s placements (or saved ones, on resume), in order."""
+        """Carry out ``plan``'s placements (or saved ones, on resume), in order."""
         for placement in placements:
             self._add(placement, lr_ratio)
 
@@ -212,7 +212,7 @@ class ParamGroupPlacer:
         self.placements.append(placement)
 
     def predicted_group_sizes(self, placements: Sequence[Placement]) -> list[int]:
-        """Parameters per param group after :meth:`add` of each of ``placements``."""
+        """Parameters per param group after ``_add`` of each of ``placements``."""
         held = held_groups(self.optimizer)
         sizes = [len(group["params"]) for group in self.optimizer.param_groups]
         for placement in placements:

@@ -57,11 +57,11 @@ class TrainingWatch:
             self.on_best = decision.improved or decision.restore_best
 
     def changed(self) -> bool:
-        """Whether a parameter was updated in place since :meth:`mark`."""
+        """Whether a parameter was updated in place since ``mark``."""
         return any(p._version != version for p, version in self._versions)
 
     def check_trained_by_the_optimizer(self) -> None:
-        """Raise if the model was trained since :meth:`mark` while the optimizer took no step.
+        """Raise if the model was trained since ``mark`` while the optimizer took no step.
 
         Raises:
             RuntimeError: Naming the likely cause and the supported way to swap optimizers.
