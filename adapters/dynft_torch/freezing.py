@@ -78,7 +78,8 @@ class BatchNormFreezer:
     surrounding group has been unfrozen.
 
     Args:
-        layers: Module name -> BatchNorm layer, from [`backbone_batchnorms`][dynft_torch.backbone_batchnorms].
+        layers: Module name -> BatchNorm layer, from
+            [`backbone_batchnorms`][dynft_torch.backbone_batchnorms].
     """
 
     def __init__(self, layers: dict[str, _BatchNorm]) -> None:

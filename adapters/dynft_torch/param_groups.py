@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lr_schedulers import register_param_group
+from .lr_schedulers import check_lr_schedulers, register_param_group
 
 # Group keys holding learning rates (OneCycleLR keeps ``max_lr``/``min_lr`` in the groups).
 RATE_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
@@ -65,6 +65,42 @@ def held_groups(optimizer: torch.optim.Optimizer) -> dict[int, int]:
                 )
             held[id(parameter)] = index
     return held
+
+
+def check_optimizer(
+    optimizer: torch.optim.Optimizer,
+    parameters: Mapping[str, nn.Parameter],
+    trainable: Sequence[str],
+    lr_schedulers: Sequence[object],
+    lr_ratio: float,
+) -> None:
+    """Refuse an optimizer (and schedulers) the tuner cannot work with; changes nothing.
+
+    Args:
+        optimizer: The user's optimizer.
+        parameters: The model's parameters by name.
+        trainable: Names of the parameters that train now.
+        lr_schedulers: The schedulers passed with it.
+        lr_ratio: ``unfrozen_lr_ratio``.
+
+    Raises:
+        ValueError: A parameter held twice, a tensor that is not a parameter of the model, no
+            trainable parameter held, or a scheduler refused by ``check_lr_schedulers``.
+    """
+    held = held_groups(optimizer)
+    foreign = set(held) - {id(p) for p in parameters.values()}
+    if foreign:
+        raise ValueError(
+            f"the optimizer holds {len(foreign)} tensors that are not parameters of the "
+            "model; build it from model.parameters()"
+        )
+    if not any(id(parameters[name]) in held for name in trainable):
+        raise ValueError(
+            f"the optimizer holds none of the {len(trainable)} trainable parameters "
+            f"({', '.join(trainable[:3])}{' ...' if len(trainable) > 3 else ''}): it would "
+            "train nothing; build it from model.parameters() or the head's parameters"
+        )
+    check_lr_schedulers(lr_schedulers, optimizer, lr_ratio)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ class WeightSnapshot:
             self.tensors = {name: cpu_copy(named[name]) for name in names}
 
     def extend(self, names: Iterable[str]) -> None:
-        """Add the current values of tensors that have not changed since [`capture`][dynft_torch.WeightSnapshot.capture]."""
+        """Add the current values of tensors unchanged since the last
+        [`capture`][dynft_torch.WeightSnapshot.capture]."""
         if self.empty:
             return
         named = self._named_tensors()

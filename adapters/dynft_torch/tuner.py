@@ -23,13 +23,12 @@ from .freezing import (
 from .groups import BackboneGroup, GroupSpec, group_table, resolve_groups
 from .lr_schedulers import (
     as_scheduler_list,
-    check_lr_schedulers,
     is_scheduled,
     refresh_last_lr,
     scale_scheduler_rates,
 )
 from .optim import OptimizerStateSnapshot, reset_optimizer_state
-from .param_groups import ParamGroupFn, ParamGroupPlacer, held_groups, scale_group_rates
+from .param_groups import ParamGroupFn, ParamGroupPlacer, check_optimizer, scale_group_rates
 from .snapshot import WeightSnapshot
 from .training_watch import TrainingWatch, warn_when_discarded_unfinished
 from .tuner_state import LoadPlan, load_plan, tuner_state
@@ -125,7 +124,9 @@ class DynamicFineTuner:
                 "pass backbone= (the pretrained part) so that the head lies outside it"
             )
         lr_schedulers = as_scheduler_list(lr_scheduler)
-        self._check_optimizer(optimizer, head, lr_schedulers)
+        check_optimizer(
+            optimizer, self._parameters, head, lr_schedulers, self.config.unfrozen_lr_ratio
+        )
         placer = ParamGroupPlacer(optimizer, self._parameters, param_group_fn, lr_schedulers)
         layers = backbone_batchnorms(self.model, self.groups)
         self._batchnorm_parameters = batchnorm_parameter_names(layers)
@@ -152,27 +153,6 @@ class DynamicFineTuner:
         self._watch.attach(optimizer)
         self._watch.mark(self._trainable())
         warn_when_discarded_unfinished(self, self.scheduler, self._watch)
-
-    def _check_optimizer(
-        self,
-        optimizer: torch.optim.Optimizer,
-        trainable: Sequence[str],
-        lr_schedulers: Sequence[object],
-    ) -> None:
-        held = held_groups(optimizer)
-        foreign = set(held) - set(self._names_by_id)
-        if foreign:
-            raise ValueError(
-                f"the optimizer holds {len(foreign)} tensors that are not parameters of the "
-                f"model {type(self.model).__name__}; build it from model.parameters()"
-            )
-        if not any(id(self._parameters[name]) in held for name in trainable):
-            raise ValueError(
-                f"the optimizer holds none of the {len(trainable)} trainable parameters "
-                f"({', '.join(trainable[:3])}{' ...' if len(trainable) > 3 else ''}): it would "
-                "train nothing; build it from model.parameters() or the head's parameters"
-            )
-        check_lr_schedulers(lr_schedulers, optimizer, self.config.unfrozen_lr_ratio)
 
     @property
     def restore_optimizer(self) -> bool:
@@ -334,7 +314,9 @@ class DynamicFineTuner:
         """
         schedulers = as_scheduler_list(lr_scheduler)
         trainable = [n for n, p in self._parameters.items() if p.requires_grad]
-        self._check_optimizer(optimizer, trainable, schedulers)
+        check_optimizer(
+            optimizer, self._parameters, trainable, schedulers, self.config.unfrozen_lr_ratio
+        )
         if optimizer is self.optimizer:
             self.lr_schedulers = self._placer.lr_schedulers = schedulers
             return

@@ -275,9 +275,10 @@ def test_optimizer_errors_are_clear():
         DynamicFineTuner(
             model, torch.optim.SGD([stranger, *model.parameters()], lr=0.1), "backbone"
         )
+    twice = torch.optim.SGD(model.parameters(), lr=0.1)
+    twice.param_groups[0]["params"].append(model.head.weight)  # torch refuses it in add_param_group
     with pytest.raises(ValueError, match="appears twice in the optimizer"):
-        twice = [{"params": model.head.parameters()}, {"params": [model.head.weight]}]
-        DynamicFineTuner(model, torch.optim.SGD(twice, lr=0.1), model.backbone)
+        DynamicFineTuner(model, twice, model.backbone)
     with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
         DynamicFineTuner(
             model, torch.optim.SGD(model.parameters(), lr=0.1), model.backbone, patience=0
