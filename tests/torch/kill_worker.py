@@ -11,7 +11,7 @@ SIGKILL at ``POINT``:
 * ``never``: not killed here (the test kills it at a random moment; ``PAD_MB`` of padding in
   every checkpoint makes the writes long enough to be hit).
 
-The test module imports :func:`build` and :func:`train` to run the same loop in process.
+The loop is ``resume_loop.train``; the tests run it in process too.
 """
 
 from __future__ import annotations
@@ -23,48 +23,8 @@ import sys
 from pathlib import Path
 
 import torch
-from dynft_torch import DynamicFineTuner, checkpoint, save_checkpoint
-from tiny_models import TinyNet, make_data, train_epoch
-from torch.optim import lr_scheduler as sched
-
-# patience 2, step 1: unfreezes after epochs 4 and 7, improvements in between
-VALUES = (1.0, 0.9, 0.95, 0.97, 0.85, 0.9, 0.92, 0.8, 0.85, 0.78)
-KILL_POINTS = ("between-epochs", "mid-write", "before-replace", "after-replace")
-
-
-def build(seed: int = 0):
-    """Model, head-only optimizer, LambdaLR and tuner, all deterministic."""
-    torch.manual_seed(seed)
-    model = TinyNet()
-    optimizer = torch.optim.SGD(model.head.parameters(), lr=0.05, momentum=0.9)
-    scheduler = sched.LambdaLR(optimizer, lambda epoch: 0.95**epoch)
-    tuner = DynamicFineTuner(
-        model, optimizer, model.backbone, patience=2, step=1, lr_scheduler=scheduler
-    )
-    return model, optimizer, scheduler, tuner
-
-
-def train(
-    objects, first: int, last: int, path: Path | None = None, on_saved=None, extra=None
-) -> None:
-    """Epochs ``first``..``last - 1`` (data and seeds fixed per epoch), saving after each."""
-    model, optimizer, scheduler, tuner = objects
-    for epoch in range(first, last):
-        torch.manual_seed(100 + epoch)
-        train_epoch(model, optimizer, make_data(seed=epoch))
-        scheduler.step()
-        tuner.step(VALUES[epoch])
-        if path is not None:
-            save_checkpoint(
-                path,
-                model=model,
-                optimizer=optimizer,
-                tuner=tuner,
-                lr_scheduler=scheduler,
-                extra=extra,
-            )
-            if on_saved is not None:
-                on_saved(epoch)
+from dynft_torch import checkpoint
+from resume_loop import VALUES, build, train
 
 
 def _die() -> None:

@@ -9,64 +9,23 @@ from fractions import Fraction
 
 import pytest
 import torch
-from dynft_torch import CheckpointError, DynamicFineTuner, load_checkpoint, save_checkpoint
-from tiny_models import TinyNet, make_data, state_copy, train_epoch
+from dynft_torch import CheckpointError, load_checkpoint, save_checkpoint
+from resume_loop import VALUES, build, resume, train
+from tiny_models import state_copy
 from torch.optim import lr_scheduler as sched
 
 from dynft_core import ResumeMismatchError
 
-VALUES = (1.0, 0.9, 0.95, 0.97, 0.85, 0.9, 0.92, 0.8)
-
-
-def build(seed=0, width=8, head_only=True):
-    torch.manual_seed(seed)
-    model = TinyNet(width=width)
-    optimizer = torch.optim.AdamW(
-        model.head.parameters() if head_only else model.parameters(), lr=0.01
-    )
-    scheduler = sched.LambdaLR(optimizer, lambda epoch: 1 / (1 + epoch))
-    tuner = DynamicFineTuner(
-        model, optimizer, model.backbone, patience=2, step=1, lr_scheduler=scheduler
-    )
-    return model, optimizer, scheduler, tuner
-
-
-def epochs(objects, first, last, path=None):
-    model, optimizer, scheduler, tuner = objects
-    for epoch in range(first, last):
-        torch.manual_seed(100 + epoch)
-        train_epoch(model, optimizer, make_data(seed=epoch))
-        scheduler.step()
-        tuner.step(VALUES[epoch])
-        if path is not None:
-            save_checkpoint(
-                path,
-                model=model,
-                optimizer=optimizer,
-                tuner=tuner,
-                lr_scheduler=scheduler,
-                extra={"rng": torch.get_rng_state()},
-            )
-
-
-def resume(path, **build_options):
-    objects = build(seed=1, **build_options)
-    model, optimizer, scheduler, tuner = objects
-    info = load_checkpoint(
-        path, model=model, optimizer=optimizer, tuner=tuner, lr_scheduler=scheduler
-    )
-    return objects, info
-
 
 def test_resume_from_a_checkpoint_equals_the_straight_run(tmp_path):
     straight = build()
-    epochs(straight, 0, len(VALUES))
+    train(straight, 0, len(VALUES))
     path = tmp_path / "ckpt.pt"
     first = build()
-    epochs(first, 0, 4, path)
+    train(first, 0, 4, path, extra={"rng": torch.get_rng_state()})
     objects, info = resume(path)
     assert info["epoch"] == 4 and info["extra"]["rng"].dtype == torch.uint8
-    epochs(objects, 4, len(VALUES))
+    train(objects, 4, len(VALUES))
     assert objects[3].scheduler.history == straight[3].scheduler.history
     for name, tensor in state_copy(straight[0]).items():
         assert torch.equal(state_copy(objects[0])[name], tensor), name
@@ -84,7 +43,7 @@ def current_umask() -> int:
 
 def test_save_refuses_an_epoch_other_than_the_tuner_and_writes_nothing(tmp_path):
     model, optimizer, scheduler, tuner = build()
-    epochs((model, optimizer, scheduler, tuner), 0, 2)
+    train((model, optimizer, scheduler, tuner), 0, 2)
     path = tmp_path / "ckpt.pt"
     with pytest.raises(ValueError, match="epoch=3 but the tuner has stepped 2 epochs"):
         save_checkpoint(path, model=model, optimizer=optimizer, tuner=tuner, epoch=3)
@@ -113,7 +72,7 @@ def assert_unchanged(objects, signature):
 @pytest.fixture
 def saved(tmp_path):
     path = tmp_path / "ckpt.pt"
-    epochs(build(), 0, 4, path)
+    train(build(), 0, 4, path)
     return path
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dynft_torch import load_checkpoint
-from kill_worker import VALUES, build, train
+from resume_loop import VALUES, build, resume, train
 from tiny_models import state_copy
 
 TESTS = Path(__file__).resolve().parent
@@ -46,13 +45,9 @@ def worker(path: Path, point: str, *arguments: str) -> list[str]:
 
 def resume_to_the_end(path: Path):
     with one_thread():
-        objects = build(seed=1)
-        model, optimizer, scheduler, tuner = objects
-        info = load_checkpoint(
-            path, model=model, optimizer=optimizer, tuner=tuner, lr_scheduler=scheduler
-        )
+        objects, info = resume(path)
         train(objects, info["epoch"], len(VALUES))
-    return info["epoch"], state_copy(model), tuner.scheduler.history
+    return info["epoch"], state_copy(objects[0]), objects[3].scheduler.history
 
 
 def assert_same_run(resumed, straight) -> None:
