@@ -11,6 +11,7 @@ from torch import nn
 
 from dynft_core import Decision, FineTuneConfig, carry_out
 from dynft_core.plateau import as_metric
+from dynft_core.scheduler import check_bool
 
 from .distributed import check_ranks_agree, mean_over_ranks, unwrap_model
 from .freezing import (
@@ -112,6 +113,8 @@ class DynamicFineTuner:
         **options: Any,
     ) -> None:
         self.config = FineTuneConfig.from_options(config, **options)
+        check_bool("restore_optimizer", restore_optimizer)
+        check_bool("sync_ranks", sync_ranks)
         self.model = unwrap_model(model)
         self.groups: list[BackboneGroup] = resolve_groups(self.model, backbone, groups)
         self._parameters = dict(self.model.named_parameters())
@@ -130,7 +133,9 @@ class DynamicFineTuner:
         placer = ParamGroupPlacer(optimizer, self._parameters, param_group_fn, lr_schedulers)
         layers = backbone_batchnorms(self.model, self.groups)
         self._batchnorm_parameters = batchnorm_parameter_names(layers)
-        unfreezable = [(n, self._parameters[n]) for g in self.groups for n in self._unfrozen(g)]
+        unfreezable = [
+            (n, self._parameters[n]) for g in self.groups for n in self.trainable_parameter_names(g)
+        ]
         placer.plan(unfreezable, self.config.unfrozen_lr_ratio)  # refuse ambiguity now
 
         # Everything is checked: from here on the model is changed.
@@ -159,17 +164,14 @@ class DynamicFineTuner:
         """Whether rollbacks restore the optimizer state too."""
         return self._optimizer_snapshot is not None
 
-    def _unfrozen(self, group: BackboneGroup) -> list[str]:
-        if self.config.train_batchnorm:
-            return list(group.parameter_names)
-        return [n for n in group.parameter_names if n not in self._batchnorm_parameters]
-
     def trainable_parameter_names(self, group: BackboneGroup) -> list[str]:
         """Names of the parameters that unfreezing ``group`` makes trainable.
 
         BatchNorm parameters are left out unless ``train_batchnorm=True``.
         """
-        return self._unfrozen(group)
+        if self.config.train_batchnorm:
+            return list(group.parameter_names)
+        return [n for n in group.parameter_names if n not in self._batchnorm_parameters]
 
     def changeable_tensor_names(self) -> list[str]:
         """Parameters that currently require grad and buffers outside frozen BatchNorm layers."""
@@ -288,7 +290,11 @@ class DynamicFineTuner:
         """Nothing to do: a plain loop ends itself when ``decision.stop`` is true."""
 
     def _make_trainable(self, indices: Sequence[int]) -> list[tuple[str, nn.Parameter]]:
-        named = [(n, self._parameters[n]) for i in indices for n in self._unfrozen(self.groups[i])]
+        named = [
+            (n, self._parameters[n])
+            for i in indices
+            for n in self.trainable_parameter_names(self.groups[i])
+        ]
         for _, parameter in named:
             parameter.requires_grad_(True)
         return named

@@ -180,7 +180,9 @@ def load_plan(tuner: DynamicFineTuner, state: object) -> LoadPlan:
     except ValueError as err:
         raise _fail("scheduler", f"is invalid: {err}") from None
 
-    unfrozen = [n for i in probe.trainable_groups for n in tuner._unfrozen(tuner.groups[i])]
+    unfrozen = [
+        n for i in probe.trainable_groups for n in tuner.trainable_parameter_names(tuner.groups[i])
+    ]
     placements = _placements(tuner, state["placements"], unfrozen)
     trainable = {n for n, p in tuner._parameters.items() if p.requires_grad} | set(unfrozen)
     still_frozen = [g for g in tuner.groups if g.index not in probe.trainable_groups]
