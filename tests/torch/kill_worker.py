@@ -69,7 +69,7 @@ def _arm(point: str, kill_epoch: int, tuner) -> None:
 
 
 def main(path: str, point: str, kill_epoch: int, pad_mb: float = 0.0) -> None:
-    torch.set_num_threads(1)  # the test runs its in-process epochs on one thread too
+    torch.set_num_threads(1)  # as the test process (conftest.py): bit-identical results
     objects = build()
     _arm(point, kill_epoch, objects[3])
 

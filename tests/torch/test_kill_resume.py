@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,22 +19,10 @@ TESTS = Path(__file__).resolve().parent
 KILL_EPOCH = 4  # 0-based: killed while saving epoch 5, the one after the first unfreeze
 
 
-@contextmanager
-def one_thread():
-    """Train like the worker process does (results are bit-identical on one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def straight():
-    with one_thread():
-        objects = build()
-        train(objects, 0, len(VALUES))
+    objects = build()  # one thread, like the worker (tests/torch/conftest.py)
+    train(objects, 0, len(VALUES))
     return state_copy(objects[0]), objects[3].scheduler.history
 
 
@@ -44,9 +31,8 @@ def worker(path: Path, point: str, *arguments: str) -> list[str]:
 
 
 def resume_to_the_end(path: Path):
-    with one_thread():
-        objects, info = resume(path)
-        train(objects, info["epoch"], len(VALUES))
+    objects, info = resume(path)
+    train(objects, info["epoch"], len(VALUES))
     return info["epoch"], state_copy(objects[0]), objects[3].scheduler.history
 
 
