@@ -1,4 +1,4 @@
-"""Architecture-aware default groups (``groups="auto"``) and the per-leaf split (``"modules"``).
+"""Default groups: architecture-aware ``"auto"``, the paper's ``"layers"``, and ``"modules"``.
 
 Hugging Face ``transformers`` models and timm models with ``group_matcher`` (timm's own
 fine-grained blocks, classifier excluded, via ``timm_parameter_groups``) are split first, by
@@ -11,6 +11,10 @@ fine-grained blocks, classifier excluded, via ``timm_parameter_groups``) are spl
   every child of ``features`` (or of the Sequential) that owns parameters.
 * torchvision Inception v3: every top-level block (``Conv2d_*``, ``Mixed_*``).
 * Anything else: leaf modules owning parameters, in registration order.
+
+``"layers"`` is the unit of the paper's study: one group per module owning weights, in
+registration order, BatchNorm excluded; each BatchNorm rides along with the layer registered
+before it (those before any layer join the first), so the groups cover the backbone.
 
 Groups made only of BatchNorm layers (e.g. VGG-BN's norms, DenseNet's ``norm5``) hold nothing
 that can be trained under the frozen-BatchNorm policy, so they are merged into the group before
@@ -171,6 +175,35 @@ def auto_group_module_names(
             return [tuple(names) for names in _merge_batchnorm_only(root, root_name, found)]
     leaves = _leaf_modules(root, root_name)
     return [tuple(names) for names in _merge_batchnorm_only(root, root_name, leaves)]
+
+
+def layer_parameter_groups(
+    root: nn.Module, root_name: str
+) -> list[tuple[tuple[str, ...], list[str]]]:
+    """``(module names, parameter names)`` per paper "layer" (``groups="layers"``).
+
+    Only the parameters a module owns directly belong to its layer, so a module owning weights
+    and holding submodules with weights of their own gives one layer each. Children named like
+    a head (``HEAD_NAMES``) are left out.
+    """
+    groups: list[tuple[list[str], list[str]]] = []
+    leading: tuple[list[str], list[str]] = ([], [])
+    for name, module in root.named_modules():
+        if name.split(".")[0] in HEAD_NAMES:
+            continue
+        full = _join(root_name, name)
+        owned = [_join(full, p) for p, _ in module.named_parameters(recurse=False)]
+        if not owned:
+            continue
+        if isinstance(module, _BatchNorm):
+            target = groups[-1] if groups else leading
+            target[0].append(full)
+            target[1].extend(owned)
+        else:
+            groups.append(([full], owned))
+    if groups:
+        groups[0] = (leading[0] + groups[0][0], leading[1] + groups[0][1])
+    return [(tuple(modules), parameters) for modules, parameters in groups]
 
 
 def timm_parameter_groups(root: nn.Module, root_name: str) -> list[list[str]] | None:

@@ -7,16 +7,16 @@ Group 0 is next to the input, the last group next to the head.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
-from .auto_groups import auto_group_module_names
+from .auto_groups import auto_group_module_names, layer_parameter_groups
+from .group_specs import GroupSpec, explicit_groups, is_under, module_name_of, parameters_under
 from .transformer_groups import pretrained_model_groups
 
-GroupSpec = str | nn.Module | Sequence[str | nn.Module]
-GROUP_MODES = ("auto", "modules")
+GROUP_MODES = ("auto", "layers", "modules")
 
 
 @dataclass(frozen=True)
@@ -36,72 +36,6 @@ class BackboneGroup:
     parameter_names: tuple[str, ...]
 
 
-def module_name_of(model: nn.Module, module: nn.Module) -> str:
-    """Return the name of ``module`` inside ``model`` (``""`` for the model itself).
-
-    Raises:
-        ValueError: ``module`` is not a submodule of ``model``.
-    """
-    for name, candidate in model.named_modules(remove_duplicate=False):
-        if candidate is module:
-            return str(name)
-    raise ValueError(
-        f"backbone/group module {type(module).__name__} is not a submodule of the model "
-        f"{type(model).__name__}; pass a module reachable from model.named_modules()"
-    )
-
-
-def is_under(name: str, prefix: str) -> bool:
-    """Whether the dotted ``name`` is ``prefix`` itself or inside it (``""`` contains all)."""
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-
-def _parameters_under(model: nn.Module, module_names: Sequence[str]) -> list[str]:
-    return [
-        name
-        for name, _ in model.named_parameters()
-        if any(is_under(name, prefix) for prefix in module_names)
-    ]
-
-
-def _resolve_module_name(model: nn.Module, item: str | nn.Module) -> str:
-    if isinstance(item, nn.Module):
-        return module_name_of(model, item)
-    if not isinstance(item, str):
-        raise TypeError(
-            f"a group must be a module, a module name or a list of those, got "
-            f"{type(item).__name__}: {item!r}"
-        )
-    known = dict(model.named_modules())
-    if item not in known:
-        close = [name for name in known if name and (item in name or name in item)][:5]
-        hint = f"; similar names: {close}" if close else ""
-        raise ValueError(
-            f"unknown module name {item!r} in groups: it is not in model.named_modules(){hint}"
-        )
-    return item
-
-
-def _explicit_groups(model: nn.Module, specs: Sequence[GroupSpec]) -> list[tuple[str, ...]]:
-    resolved: list[tuple[str, ...]] = []
-    for spec in specs:
-        if isinstance(spec, (str, nn.Module)):
-            items: list[str | nn.Module] = [spec]
-        elif isinstance(spec, Sequence):
-            items = list(spec)
-        else:
-            raise TypeError(
-                f"group {len(resolved)} must be a module, a module name or a list of those, "
-                f"got {type(spec).__name__}: {spec!r}"
-            )
-        if not items:
-            raise ValueError(
-                f"group {len(resolved)} is empty; every group needs at least one module"
-            )
-        resolved.append(tuple(_resolve_module_name(model, item) for item in items))
-    return resolved
-
-
 def resolve_groups(
     model: nn.Module,
     backbone: nn.Module | str | None = None,
@@ -118,10 +52,13 @@ def resolve_groups(
             stays outside the groups; explicit groups must cover every parameter of a
             backbone submodule.
         groups: ``"auto"`` (default: architecture-aware blocks, see ``auto_groups`` and
-            ``transformer_groups``),
-            ``"modules"`` (one group per leaf module owning parameters, the paper's "layers"),
-            or an explicit list ordered from input to head whose items are modules, module
-            names, or lists of those.
+            ``transformer_groups``), ``"layers"`` (the paper's unit: one group per module
+            owning weights, BatchNorm excluded, each BatchNorm riding with the layer before it),
+            ``"modules"`` (one group per leaf module owning parameters, BatchNorm included), or
+            an explicit list ordered from input to head; each entry is a module, a container of
+            model modules (an ``nn.Sequential`` slice such as ``model.features[0:3]``), a
+            parameter, a module or parameter name, a parameter-name glob pattern
+            (``"layer4.*"``), or a list of those.
 
     Returns:
         The groups, shallowest first. Every group owns at least one parameter and no
@@ -134,7 +71,11 @@ def resolve_groups(
     if backbone is None:
         root_name = ""
     elif isinstance(backbone, str):
-        root_name = _resolve_module_name(model, backbone)
+        if backbone not in dict(model.named_modules()):
+            raise ValueError(
+                f"unknown backbone module name {backbone!r}: it is not in model.named_modules()"
+            )
+        root_name = backbone
     else:
         root_name = module_name_of(model, backbone)
     explicit = not isinstance(groups, str)
@@ -144,31 +85,35 @@ def resolve_groups(
     if isinstance(groups, str):
         if groups not in GROUP_MODES:
             raise ValueError(
-                f"groups must be one of {GROUP_MODES} or a list of modules/module names, "
-                f"got {groups!r}"
+                f"groups must be one of {GROUP_MODES} or a list of modules, parameters, names "
+                f"or patterns, got {groups!r}"
             )
         # Hugging Face and timm models have their own rules (transformer_groups).
         library_groups = pretrained_model_groups(root, root_name) if groups == "auto" else None
-        if library_groups is not None:
+        if groups == "layers":
+            parameter_groups = layer_parameter_groups(root, root_name)
+        elif library_groups is not None:
             parameter_groups = library_groups
         else:
             module_groups = auto_group_module_names(root, root_name, per_leaf=groups == "modules")
-            parameter_groups = [(names, _parameters_under(model, names)) for names in module_groups]
+            parameter_groups = [(names, parameters_under(model, names)) for names in module_groups]
     else:
         if not isinstance(groups, Sequence) or not groups:
             raise ValueError(
-                f"groups must be 'auto', 'modules' or a non-empty list, got {groups!r}"
+                f"groups must be one of {GROUP_MODES} or a non-empty list, got {groups!r}"
             )
-        for names in _explicit_groups(model, groups):
-            outside = [n for n in names if not is_under(n, root_name)]
+        for names, parameter_names in explicit_groups(model, groups):
+            outside = [n for n in parameter_names if not is_under(n, root_name)]
             if outside:
-                raise ValueError(f"group modules {outside} are outside the backbone {root_name!r}")
-            parameter_groups.append((names, _parameters_under(model, names)))
+                raise ValueError(
+                    f"group parameters {outside[:3]} are outside the backbone {root_name!r}"
+                )
+            parameter_groups.append((names, parameter_names))
 
     result = _validated(parameter_groups)
     if explicit and root_name:
         grouped = {name for group in result for name in group.parameter_names}
-        ungrouped = [n for n in _parameters_under(model, [root_name]) if n not in grouped]
+        ungrouped = [n for n in parameters_under(model, [root_name]) if n not in grouped]
         if ungrouped:
             raise ValueError(
                 f"{len(ungrouped)} backbone parameters are in no group (first: {ungrouped[:3]}); "
@@ -207,3 +152,36 @@ def _validated(parameter_groups: list[tuple[tuple[str, ...], list[str]]]) -> lis
             owner[name] = index
         result.append(BackboneGroup(index, label, module_names, tuple(parameter_names)))
     return result
+
+
+def group_table(
+    groups: Sequence[BackboneGroup],
+    parameters: Mapping[str, nn.Parameter],
+    trainable_groups: Collection[int],
+    frozen_batchnorm: Collection[str],
+) -> str:
+    """The groups as a text table: index, name, parameter count, trainable or frozen.
+
+    Args:
+        groups: The backbone groups.
+        parameters: The model's parameters by name.
+        trainable_groups: Indices of the unfrozen groups.
+        frozen_batchnorm: Names of the BatchNorm parameters that stay frozen.
+    """
+    grouped = {name for group in groups for name in group.parameter_names}
+    rows = [("group", "name", "parameters", "state")]
+    for group in groups:
+        count = sum(parameters[n].numel() for n in group.parameter_names)
+        state = "trainable" if group.index in trainable_groups else "frozen"
+        held = sum(parameters[n].numel() for n in group.parameter_names if n in frozen_batchnorm)
+        if state == "trainable" and held:
+            state += f" ({held} BatchNorm parameters frozen)"
+        rows.append((str(group.index), group.name, str(count), state))
+    head = [p for n, p in parameters.items() if n not in grouped]
+    head_state = "trainable" if any(p.requires_grad for p in head) else "frozen"
+    rows.append(("head", "(outside the groups)", str(sum(p.numel() for p in head)), head_state))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}".rstrip()
+        for row in rows
+    )

@@ -1,4 +1,4 @@
-"""Optimizer bookkeeping: parameter membership, learning-rate decay, optional state rollback.
+"""The optimizer's per-parameter state: an optional rollback copy, and a reset after divergence.
 
 Parameters are matched by identity (``id``), never by value: two layers may hold equal weights.
 """
@@ -6,106 +6,12 @@ Parameters are matched by identity (``id``), never by value: two layers may hold
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from .snapshot import cpu_copy
-
-# Learning-rate keys that OneCycleLR keeps in each param group and recomputes ``lr`` from. Only
-# scaled when that scheduler is given; ``initial_lr`` (set by every LRScheduler) is always scaled,
-# because schedulers constructed after the decay start from it.
-_SCHEDULER_GROUP_KEYS = ("max_lr", "min_lr")
-# Per-group learning-rate lists kept on the scheduler object (LambdaLR, StepLR, CosineAnnealing...
-# keep ``base_lrs``; CyclicLR keeps ``max_lrs``).
-_SCHEDULER_LIST_ATTRIBUTES = ("base_lrs", "max_lrs")
-
-
-def optimizer_parameter_ids(optimizer: torch.optim.Optimizer) -> set[int]:
-    """Identities of every parameter held by ``optimizer``.
-
-    Raises:
-        ValueError: A parameter appears in two param groups.
-    """
-    seen: set[int] = set()
-    for index, group in enumerate(optimizer.param_groups):
-        for parameter in group["params"]:
-            if id(parameter) in seen:
-                raise ValueError(
-                    f"a parameter of shape {tuple(parameter.shape)} appears twice in the "
-                    f"optimizer (again in param group {index}); each parameter may be in one "
-                    "group only"
-                )
-            seen.add(id(parameter))
-    return seen
-
-
-def add_missing_parameters(
-    optimizer: torch.optim.Optimizer, named_parameters: Sequence[tuple[str, torch.Tensor]]
-) -> list[str]:
-    """Put the parameters the optimizer does not hold yet into one new param group.
-
-    The new group copies the hyper-parameters of the first param group (current ``lr``,
-    ``initial_lr``, momentum, weight decay ...).
-
-    Args:
-        optimizer: The user's optimizer.
-        named_parameters: ``(name, parameter)`` pairs that must be trained from now on.
-
-    Returns:
-        The names of the parameters added (empty when the optimizer already held them all).
-    """
-    held = optimizer_parameter_ids(optimizer)
-    missing = [(name, p) for name, p in named_parameters if id(p) not in held]
-    if not missing:
-        return []
-    template = {
-        key: value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
-        for key, value in optimizer.param_groups[0].items()
-        if key != "params"
-    }
-    optimizer.add_param_group({**template, "params": [p for _, p in missing]})
-    return [name for name, _ in missing]
-
-
-def _scaled(value: Any, factor: float) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.mul_(factor)
-    return value * factor
-
-
-def scale_learning_rates(
-    optimizer: torch.optim.Optimizer, factor: float, lr_scheduler: object | None = None
-) -> None:
-    """Multiply the learning rate of every param group by ``factor``.
-
-    ``initial_lr`` is scaled too, so schedulers constructed later start from the decayed
-    rate. With ``lr_scheduler`` given, the rates it recomputes ``lr`` from (``base_lrs``,
-    CyclicLR's ``max_lrs``, OneCycleLR's ``max_lr``/``min_lr``) are scaled as well, so the
-    decay survives its next ``step()``.
-
-    Args:
-        optimizer: The optimizer whose param groups are scaled.
-        factor: The multiplier (``Decision.lr_factor``).
-        lr_scheduler: Optional learning-rate scheduler attached to ``optimizer``. Defaults to
-            ``None``.
-    """
-    if factor == 1.0:
-        return
-    for group in optimizer.param_groups:
-        group["lr"] = _scaled(group["lr"], factor)
-        if "initial_lr" in group:
-            group["initial_lr"] = _scaled(group["initial_lr"], factor)
-        if lr_scheduler is not None:
-            for key in _SCHEDULER_GROUP_KEYS:
-                if key in group:
-                    group[key] = _scaled(group[key], factor)
-    if lr_scheduler is not None:
-        for attribute in _SCHEDULER_LIST_ATTRIBUTES:
-            values = getattr(lr_scheduler, attribute, None)
-            if isinstance(values, list):
-                setattr(lr_scheduler, attribute, [_scaled(v, factor) for v in values])
 
 
 class OptimizerStateSnapshot:
@@ -167,15 +73,45 @@ class OptimizerStateSnapshot:
         """Name-keyed copies and their devices (``torch.load(weights_only=True)`` reads it)."""
         return {"state": self.state, "devices": self.devices}
 
+    def check_state_dict(self, state: object) -> None:
+        """Raise ``ValueError`` naming the key unless ``state`` can be loaded."""
+        if not isinstance(state, Mapping) or set(state) != {"state", "devices"}:
+            raise ValueError("'optimizer_snapshot' must be a dict with 'state' and 'devices'")
+        saved, devices = state["state"], state["devices"]
+        if not isinstance(saved, Mapping) or not isinstance(devices, Mapping):
+            raise ValueError("'optimizer_snapshot.state' and '.devices' must be dicts")
+        known = set(self.parameter_names.values())
+        for name, entries in saved.items():
+            if name not in known:
+                raise ValueError(f"'optimizer_snapshot.state' names unknown parameter {name!r}")
+            if not isinstance(entries, Mapping):
+                raise ValueError(f"'optimizer_snapshot.state.{name}' must be a dict")
+            tensors = {k for k, v in entries.items() if isinstance(v, torch.Tensor)}
+            placed = devices.get(name, {})
+            if not isinstance(placed, Mapping) or set(placed) != tensors:
+                raise ValueError(
+                    f"'optimizer_snapshot.devices.{name}' must name the device of every tensor "
+                    f"in its state, {sorted(tensors)}"
+                )
+        unknown = sorted(set(devices) - set(saved))
+        if unknown:
+            raise ValueError(f"'optimizer_snapshot.devices' has entries without state: {unknown}")
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned.
+        """Restore what ``state_dict`` returned.
 
         Raises:
-            ValueError: A name is not a parameter held by the optimizer.
+            ValueError: See ``check_state_dict``; nothing is changed then.
         """
-        known = set(self.parameter_names.values())
-        unknown = [name for name in state["state"] if name not in known]
-        if unknown:
-            raise ValueError(f"optimizer snapshot names unknown parameters: {unknown[:3]}")
+        self.check_state_dict(state)
         self.state = {name: dict(entries) for name, entries in state["state"].items()}
         self.devices = {name: dict(entries) for name, entries in state["devices"].items()}
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Drop every parameter's optimizer state (momenta, Adam moments, step counts).
+
+    After a non-finite epoch the state holds NaN/inf, and every later step would spread it
+    back into the restored weights; a fresh state is what a newly created optimizer has.
+    """
+    optimizer.state.clear()

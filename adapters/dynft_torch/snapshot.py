@@ -56,7 +56,8 @@ class WeightSnapshot:
             self.tensors = {name: cpu_copy(named[name]) for name in names}
 
     def extend(self, names: Iterable[str]) -> None:
-        """Add the current values of tensors that have not changed since :meth:`capture`."""
+        """Add the current values of tensors unchanged since the last
+        [`capture`][dynft_torch.WeightSnapshot.capture]."""
         if self.empty:
             return
         named = self._named_tensors()
@@ -77,7 +78,7 @@ class WeightSnapshot:
         return dict(self.tensors)
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore copies saved by :meth:`state_dict`.
+        """Restore copies saved by [`state_dict`][dynft_torch.WeightSnapshot.state_dict].
 
         Raises:
             ValueError: A name is not a parameter or buffer of the model, or a shape differs.

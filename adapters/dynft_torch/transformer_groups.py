@@ -271,35 +271,3 @@ def _covering_modules(
         else:
             covering += _covering_modules(child, full, group, names)
     return covering
-
-
-def describe_groups(model: nn.Module, groups: Sequence[BackboneGroup]) -> str:
-    """The group table: index, label, parameter count and state of every group, then the head.
-
-    Args:
-        model: The whole network.
-        groups: Its groups, from [`resolve_groups()`][dynft_torch.resolve_groups] or a
-            tuner's ``groups``.
-
-    Returns:
-        One line per group, shallowest first, and a last line for the parameters in no group;
-        the state (``trainable``, ``frozen`` or ``partly frozen``) is read off
-        ``requires_grad`` now.
-    """
-    parameters = dict(model.named_parameters())
-    grouped = {name for group in groups for name in group.parameter_names}
-    rows = [(str(g.index), g.name, list(g.parameter_names)) for g in groups]
-    rows.append(("-", "head (in no group)", [n for n in parameters if n not in grouped]))
-    label_width = max(len(label) for _, label, _ in rows)
-    lines = [f"{'#':>3}  {'group':<{label_width}}  {'parameters':>12}  state"]
-    for index, label, names in rows:
-        count = sum(parameters[n].numel() for n in names)
-        trainable = [parameters[n].requires_grad for n in names]
-        if not names:
-            state = "-"
-        elif all(trainable):
-            state = "trainable"
-        else:
-            state = "partly frozen" if any(trainable) else "frozen"
-        lines.append(f"{index:>3}  {label:<{label_width}}  {count:>12,}  {state}")
-    return "\n".join(lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from dynft_torch import DynamicFineTuner
+from dynft_torch import DynamicFineTuner, rewrap_ddp
 from tiny_models import TinyNet, make_data, state_copy, train_epoch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -53,25 +53,40 @@ def _environment(rank: int, port: int) -> None:
 
 
 def plain_ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    """Train TinyNet under DDP twice: re-wrapping after each unfreeze, and never re-wrapping."""
+    """Train TinyNet under DDP twice: re-wrapping after each unfreeze, and never re-wrapping.
+
+    The tuner is handed a DDP wrapper built before it (it unwraps it); the freeze makes that
+    wrapper stale, so it is re-wrapped at once. Without re-wrapping after an unfreeze, the first
+    step after it raises on every rank; the error message is saved.
+    """
     _environment(rank, port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     for rewrap in (True, False):
         torch.manual_seed(0)
         model = TinyNet()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-        tuner = DynamicFineTuner(model, optimizer, model.backbone, **TUNER_OPTIONS)
         initial = state_copy(model)
         ddp_model: nn.Module = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp_model.parameters(), lr=0.2, momentum=0.9)
+        tuner = DynamicFineTuner(ddp_model, optimizer, "backbone", **TUNER_OPTIONS)
+        ddp_model = rewrap_ddp(ddp_model)
         data = make_data(seed=10 + rank)  # each rank trains on its own shard
-        decisions = []
+        decisions, error = [], None
         for epoch in range(len(MEAN_TRACE)):
             train_epoch(ddp_model, optimizer, data)
-            decision = tuner.step(rank_value(epoch, rank))
+            try:
+                decision = tuner.step(rank_value(epoch, rank))
+            except RuntimeError as err:
+                error = str(err)
+                break
             decisions.append(decision.to_dict())
             if decision.newly_unfrozen and rewrap:
-                ddp_model = DistributedDataParallel(model)
-        result = {"decisions": decisions, "state": state_copy(model), "initial": initial}
+                ddp_model = rewrap_ddp(ddp_model)
+        result = {
+            "decisions": decisions,
+            "state": state_copy(model),
+            "initial": initial,
+            "error": error,
+        }
         torch.save(result, Path(out_dir) / f"rewrap{rewrap}-rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -125,7 +125,7 @@ def test_clear_errors():
     model = TinyNet()
     with pytest.raises(ValueError, match="not a submodule of the model"):
         resolve_groups(model, nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="unknown module name 'backbone.9'"):
+    with pytest.raises(ValueError, match="unknown name 'backbone.9' in groups"):
         resolve_groups(model, model.backbone, ["backbone.0", "backbone.9"])
     with pytest.raises(ValueError, match="group 1 is empty"):
         resolve_groups(model, model.backbone, ["backbone", []])
@@ -136,6 +136,76 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="outside the backbone"):
         resolve_groups(model, model.backbone, ["head", "backbone"])
     with pytest.raises(ValueError, match="groups must be one of"):
-        resolve_groups(model, model.backbone, "layers")
+        resolve_groups(model, model.backbone, "layer")
     with pytest.raises(TypeError, match="got int"):
         resolve_groups(model, model.backbone, [3])
+    with pytest.raises(ValueError, match=r"pattern 'backbone.7.\*' in groups matches no parameter"):
+        resolve_groups(model, model.backbone, ["backbone.7.*"])
+    with pytest.raises(ValueError, match="tensor of shape \\(2,\\) in groups is not a parameter"):
+        resolve_groups(model, model.backbone, [[torch.zeros(2)]])
+    with pytest.raises(ValueError, match="Sequential is not a submodule"):
+        resolve_groups(model, model.backbone, [nn.Sequential(model.backbone[0], nn.Linear(2, 2))])
+
+
+def test_sequential_slices_parameter_lists_names_and_patterns():
+    model = torchvision.models.mobilenet_v2(weights=None)
+    features = model.features
+    slices = [features[0:6], features[6:12], features[12:]]
+    by_slices = resolve_groups(model, features, slices)
+    assert [g.module_names[0] for g in by_slices] == ["features.0", "features.6", "features.12"]
+    by_parameters = resolve_groups(model, features, [list(s.parameters()) for s in slices])
+    patterns = ["features.[0-5].*", "features.[6-9].*", "features.1[01].*", "features.1[2-8].*"]
+    by_patterns = resolve_groups(model, features, [patterns[:1], patterns[1:3], patterns[3:]])
+    for groups in (by_parameters, by_patterns):
+        assert [g.parameter_names for g in groups] == [g.parameter_names for g in by_slices]
+    tiny = TinyNet()
+    mixed = resolve_groups(
+        tiny,
+        tiny.backbone,
+        [
+            ["backbone.0.0.weight", tiny.backbone[0][1].weight, tiny.backbone[0][1].bias],
+            tiny.backbone[1:3],
+            "backbone.3",
+        ],
+    )
+    assert [len(g.parameter_names) for g in mixed] == [3, 6, 3]
+    assert mixed[0].module_names == ("backbone.0.0", "backbone.0.1")
+    # BatchNorm found through the parameters' owners is frozen like any other
+    model = TinyNet()
+    tuner = DynamicFineTuner(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), model.backbone, ["backbone.*"]
+    )
+    assert len(tuner.batchnorm.layers) == 4
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v3_small", "densenet121"])
+def test_layers_mode_is_the_study_unit(builder):
+    from benchmarks.backbones_torch import layer_groups
+
+    model = getattr(torchvision.models, builder)(weights=None)
+    backbone = model.features if hasattr(model, "features") else model
+    names = {id(p): n for n, p in model.named_parameters()}
+    study = [
+        {names[id(p)] for layer in group for p in layer.parameters(recurse=False)}
+        for group in layer_groups(backbone)
+    ]
+    if backbone is model:  # the study's backbone has no head; the adapter leaves fc out
+        study = [g for g in study if not any(n.startswith("fc.") for n in g)]
+    ours = resolve_groups(model, backbone if backbone is not model else None, "layers")
+    assert [set(g.parameter_names) for g in ours] == study
+    assert_partition(model, ours, ("classifier", "fc"))
+
+
+def test_group_table_lists_every_group_with_its_size_and_state():
+    model = TinyNet()
+    tuner = DynamicFineTuner(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), model.backbone, patience=1, step=1
+    )
+    tuner.step(1.0)
+    tuner.step(2.0)
+    lines = tuner.group_table().splitlines()
+    assert lines[0].split() == ["group", "name", "parameters", "state"]
+    assert lines[1].split() == ["0", "backbone.0", "232", "frozen"]
+    assert lines[4].split()[:4] == ["3", "backbone.3", "592", "trainable"]
+    assert "(16 BatchNorm parameters frozen)" in lines[4]
+    assert lines[5].split() == ["head", "(outside", "the", "groups)", "27", "trainable"]

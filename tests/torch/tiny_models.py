@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 
-def conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
+def conv_block(channels_in: int, channels_out: int, bias: bool = False) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=bias),
         nn.BatchNorm2d(channels_out),
         nn.ReLU(),
     )
@@ -20,15 +20,16 @@ class TinyNet(nn.Module):
     Args:
         num_classes: Output size of the head. Defaults to 3.
         width: Channels of every block. Defaults to 8.
+        conv_bias: Give the convolutions a bias (1-D parameters besides BatchNorm's).
     """
 
-    def __init__(self, num_classes: int = 3, width: int = 8) -> None:
+    def __init__(self, num_classes: int = 3, width: int = 8, conv_bias: bool = False) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
-            conv_block(3, width),
-            conv_block(width, width),
-            conv_block(width, width),
-            conv_block(width, width),
+            conv_block(3, width, conv_bias),
+            conv_block(width, width, conv_bias),
+            conv_block(width, width, conv_bias),
+            conv_block(width, width, conv_bias),
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(width, num_classes)

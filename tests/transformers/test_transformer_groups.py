@@ -7,7 +7,6 @@ import pytest
 import torch
 import transformers
 from dynft_torch import DynamicFineTuner, resolve_groups
-from dynft_torch.transformer_groups import describe_groups
 from tiny_transformers import build, make_batch, timm_vit, vit_blocks
 from torch import nn
 
@@ -254,15 +253,20 @@ def test_group_table_counts_and_states():
     tuner = DynamicFineTuner(model, torch.optim.SGD(model.parameters(), lr=0.1), patience=1, step=1)
     tuner.step(1.0)
     tuner.step(2.0)  # a miss: the deepest group is unfrozen, its BatchNorm stays frozen
-    lines = describe_groups(model, tuner.groups).splitlines()
+    lines = tuner.group_table().splitlines()
     parameters = dict(model.named_parameters())
     head = ("classifier.1.weight", "classifier.1.bias")
+    deepest = tuner.groups[-1]
+    batchnorm = sum(
+        parameters[n].numel() for n in deepest.parameter_names if ".normalization." in n
+    )
     expected = [
-        [str(g.index), g.name, sum(parameters[n].numel() for n in g.parameter_names)]
+        (str(g.index), g.name, sum(parameters[n].numel() for n in g.parameter_names))
         for g in tuner.groups
-    ] + [["-", "head (in no group)", sum(parameters[n].numel() for n in head)]]
-    states = ["frozen"] * 3 + ["partly frozen", "trainable"]
-    assert len(lines) == 1 + len(expected)
+    ] + [("head", "(outside the groups)", sum(parameters[n].numel() for n in head))]
+    states = ["frozen"] * (len(tuner.groups) - 1)
+    states += [f"trainable ({batchnorm} BatchNorm parameters frozen)", "trainable"]
+    assert batchnorm > 0 and len(lines) == 1 + len(expected)
     for line, (index, label, count), state in zip(lines[1:], expected, states, strict=True):
         assert line.split(maxsplit=1)[0] == index
-        assert f" {label} " in line and f" {count:,}  {state}" in line, line
+        assert f" {label} " in line and line.endswith(f" {count}  {state}"), line
