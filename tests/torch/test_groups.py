@@ -180,7 +180,7 @@ def test_sequential_slices_parameter_lists_names_and_patterns():
 
 @pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v3_small", "densenet121"])
 def test_layers_mode_is_the_study_unit(builder):
-    from benchmarks.backbones_torch import layer_groups
+    from benchmarks.study.models.torch_backbones import layer_groups
 
     model = getattr(torchvision.models, builder)(weights=None)
     backbone = model.features if hasattr(model, "features") else model
