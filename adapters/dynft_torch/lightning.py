@@ -20,7 +20,9 @@ training batch) from these hooks (Lightning 2.6):
   after all other callbacks, at the validation end or the train epoch end, so a checkpoint
   always holds the state after the decision. Under DDP the model is re-wrapped after an
   unfreeze.
-* ``on_train_epoch_start`` / ``on_train_batch_start``: carry out a pending rollback.
+* ``on_train_epoch_start`` / ``on_train_batch_start``: carry out a pending rollback; with
+  ``train_batchnorm=True`` put the BatchNorm layers of unfrozen groups in training mode
+  (Lightning keeps each submodule's mode, so nothing else would).
 * ``on_train_end`` / ``on_fit_end``: however the fit ended (dynft's stop, ``max_epochs``,
   ``max_steps``, ``max_time``, ``EarlyStopping``), end on the best weights. ``on_exception``
   (an error, ``KeyboardInterrupt``): the same, except for Lightning's ``SIGTERMException``
@@ -278,13 +280,13 @@ class DynamicFineTuning(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.tuner is not None:
-            self.tuner.carry_out_pending_restore()
+            self.tuner.before_training_batch()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.tuner is not None:
-            self.tuner.carry_out_pending_restore()
+            self.tuner.before_training_batch()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._deciding(trainer):

@@ -7,6 +7,11 @@ an earlier epoch. So a restore is recorded as pending and carried out right befo
 training batch, or when the run ends: every checkpoint holds the weights its validation value
 was measured on, plus the pending restore (in the callback state), which a resumed run carries
 out before it trains.
+
+Lightning (2.2 and later) keeps the train/eval mode of every submodule as it finds it, restoring
+it after each validation; nothing calls ``model.train()`` each epoch as a plain loop does. So
+with ``train_batchnorm=True`` the BatchNorm layers of unfrozen groups, kept in eval mode while
+frozen, are put back in training mode before the next batch.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from dynft_core import Decision
 
+from .freezing import backbone_batchnorms
 from .tuner import DynamicFineTuner
 
 PENDING_RESTORES = (None, "rollback", "diverged")
@@ -37,6 +43,7 @@ class LightningTuner(DynamicFineTuner):
         super().__init__(*args, **kwargs)
         self._stop = stop
         self.pending_restore: str | None = None
+        self._batchnorm_released_for = 0  # num_unfrozen when released layers last got train()
 
     def restore_best(self, diverged: bool = False) -> None:
         """Record the restore; ``carry_out_pending_restore`` does it before the next batch."""
@@ -54,6 +61,16 @@ class LightningTuner(DynamicFineTuner):
         # The restore rewrote the weights in place without an optimizer step: the next step()
         # must not take that for another optimizer training the model.
         self._watch.mark(self._trainable())
+
+    def before_training_batch(self) -> None:
+        """Carry out a pending restore; put released BatchNorm layers in training mode."""
+        self.carry_out_pending_restore()
+        unfrozen = self.scheduler.num_unfrozen
+        if self.config.train_batchnorm and self._batchnorm_released_for != unfrozen:
+            groups = [self.groups[i] for i in self.scheduler.trainable_groups]
+            for layer in backbone_batchnorms(self.model, groups).values():
+                layer.train(self.model.training)
+            self._batchnorm_released_for = unfrozen
 
     def stop_training(self) -> None:
         """End the Trainer's fit after this validation."""

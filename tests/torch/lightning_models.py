@@ -32,6 +32,8 @@ class ScriptedModule(pl.LightningModule):
         trace: The score of validation ``i`` is ``trace[i]``.
         steps_per_validation: Training batches between two validations.
         log_key: The name the score is logged under.
+        seed: Seeds the initial weights.
+        conv_bias: Give TinyNet's convolutions a bias.
     """
 
     def __init__(
@@ -42,10 +44,11 @@ class ScriptedModule(pl.LightningModule):
         steps_per_validation: int = BATCHES,
         log_key: str = "score",
         seed: int = 0,
+        conv_bias: bool = False,
     ) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.net = TinyNet()
+        self.net = TinyNet(conv_bias=conv_bias)
         self.make_optimizer = optimizer
         self.make_schedulers = schedulers
         self.trace = trace
@@ -102,6 +105,7 @@ def fit(
     module: pl.LightningModule,
     root,
     callbacks: Sequence[pl.Callback] = (),
+    *,
     options: dict | None = None,
     ckpt_path=None,
     data: tuple[DataLoader, DataLoader] | None = None,
