@@ -32,7 +32,8 @@ class LightningTuner(DynamicFineTuner):
 
     Args:
         stop: Called for a decision that says ``stop`` (sets ``trainer.should_stop``).
-        *args, **kwargs: As for ``DynamicFineTuner``.
+        *args: As for ``DynamicFineTuner``.
+        **kwargs: As for ``DynamicFineTuner``.
 
     Attributes:
         pending_restore: ``None``, ``"rollback"`` or ``"diverged"`` (the restore also resets

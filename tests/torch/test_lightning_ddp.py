@@ -61,16 +61,18 @@ class Record(pl.Callback):
         torch.save(result, self.folder / f"rank{trainer.global_rank}.pt")
 
 
-def ddp_fit(folder: Path) -> None:
+def ddp_fit(folder: Path) -> tuple[RankScore, DynamicFineTuning]:
     callback = DynamicFineTuning("net.backbone", **OPTIONS)
     record = Record(folder, callback)
     run = trainer([callback, record], folder, max_epochs=len(MEAN_TRACE), strategy="ddp_fork",
                   devices=WORLD_SIZE)  # fmt: skip
-    run.fit(RankScore(), *loaders(batches=4, batch_size=4))  # each rank: 2 of the 4 batches
+    module = RankScore()
+    run.fit(module, *loaders(batches=4, batch_size=4))  # each rank: 2 of the 4 batches
+    return module, callback
 
 
 def test_ddp_rewraps_after_every_unfreeze_and_keeps_the_ranks_identical(tmp_path):
-    ddp_fit(tmp_path)
+    module, callback = ddp_fit(tmp_path)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     scheduler = UnfreezeScheduler(4, patience=1, step=2, decay=0.5, max_epochs=len(MEAN_TRACE))
     expected = [scheduler.step(value).to_dict() for value in MEAN_TRACE]
@@ -85,6 +87,10 @@ def test_ddp_rewraps_after_every_unfreeze_and_keeps_the_ranks_identical(tmp_path
             assert torch.equal(result["state"][name], tensor), name
     for name, tensor in results[0]["state"].items():
         assert torch.equal(tensor, results[1]["state"][name]), f"ranks differ in {name}"
+    # this process ran no hook: Lightning hands it rank 0's final weights
+    assert callback.tuner is None
+    for name, tensor in results[0]["state"].items():
+        assert torch.equal(module.state_dict()[name], tensor), name
     state, initial = results[0]["state"], results[0]["initial"]
     for block in range(4):
         conv, norm = f"net.backbone.{block}.0.weight", f"net.backbone.{block}.1.running_mean"

@@ -114,15 +114,26 @@ def group_of(optimizer) -> dict[int, dict]:
     return {id(p): group for group in optimizer.param_groups for p in group["params"]}
 
 
-def test_unfrozen_lr_ratio_starts_each_unfrozen_group_at_a_fraction(tmp_path):
+def decay_of_the_deepest_conv(name, parameter):
+    return {"weight_decay": 0.3} if name.endswith("backbone.3.0.weight") else None
+
+
+def test_unfrozen_lr_ratio_and_param_group_fn(tmp_path):
     module = ScriptedModule(optimizer=lambda m: torch.optim.AdamW(m.net.head.parameters(), lr=0.01))
-    run, _ = fit(module, tmp_path, options={"unfrozen_lr_ratio": 0.1}, max_epochs=5)
+    callback = DynamicFineTuning(
+        "net.backbone", **OPTIONS, unfrozen_lr_ratio=0.1, param_group_fn=decay_of_the_deepest_conv
+    )
+    run = trainer([callback], tmp_path, max_epochs=5)
+    run.fit(module, *loaders())
     optimizer = run.optimizers[0]
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0081, 0.00081, 0.00081])
+    # the head; each unfreeze at 0.1 x the head's rate (two settings: two groups), every decay
+    rates = [g["lr"] for g in optimizer.param_groups]
+    assert rates == pytest.approx([0.0081, 0.00081, 0.00081, 0.00081])
     groups = group_of(optimizer)
     backbone = module.net.backbone
-    assert groups[id(backbone[3][0].weight)] is optimizer.param_groups[1]
-    assert groups[id(backbone[0][0].weight)] is optimizer.param_groups[2]
+    assert groups[id(backbone[3][0].weight)]["weight_decay"] == 0.3
+    assert groups[id(backbone[2][0].weight)]["weight_decay"] == 0.01  # AdamW's default
+    assert groups[id(backbone[0][0].weight)] is optimizer.param_groups[3]
 
 
 def test_unfrozen_parameters_follow_the_weight_decay_split(tmp_path):
