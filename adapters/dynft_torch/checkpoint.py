@@ -109,6 +109,17 @@ def save_checkpoint(
         "lr_schedulers": [{"class": type(s).__name__, "state": s.state_dict()} for s in schedulers],
         "extra": dict(extra or {}),
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: object, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(payload, path)`` atomically: a synced temporary file in the same folder,
+    renamed over ``path``, then the folder synced. A kill at any moment leaves the old file or
+    the new one (and perhaps a ``.NAME.*.tmp`` file beside it).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     target = Path(path)
     handle, temporary = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp", dir=target.parent

@@ -8,7 +8,6 @@ from ddp_workers import (
     MEAN_TRACE,
     TUNER_OPTIONS,
     WORLD_SIZE,
-    lightning_ddp_worker,
     plain_ddp_worker,
     spawn,
 )
@@ -69,21 +68,6 @@ def test_plain_ddp_rewrap_keeps_ranks_identical(tmp_path):
         if not torch.equal(tensor, stale[1]["state"][name])
     ]
     assert "backbone.3.0.weight" in diverged and "head.weight" not in diverged
-
-
-def test_lightning_ddp_strategy(tmp_path):
-    pytest.importorskip("lightning")
-    spawn(lightning_ddp_worker, str(tmp_path))
-    results = load(tmp_path, "lightning")
-    expected = expected_decisions(len(MEAN_TRACE))
-    for result in results:  # Lightning logs float32: compare values approximately
-        values = [d.pop("value") for d in result["decisions"]]
-        assert values == pytest.approx([d["value"] for d in expected], rel=1e-6)
-        assert result["decisions"] == [
-            {k: v for k, v in d.items() if k != "value"} for d in expected
-        ]
-    assert_same_weights(results)
-    assert_newly_unfrozen_trained(results[0], "net.")
 
 
 def test_fsdp_is_refused_and_rewrap_ddp_keeps_the_settings():

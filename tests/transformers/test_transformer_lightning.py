@@ -49,11 +49,11 @@ def fit(module, callback, epochs):
 def test_backbone_names_the_wrapped_model_and_its_deepest_blocks_train_first():
     module = WrappedViT()
     with pytest.raises(ValueError, match="pass backbone='model'"):
-        fit(module, DynamicFineTuning(monitor="score", patience=1, step=1), 1)
+        fit(module, DynamicFineTuning(monitor="score", mode="min", patience=1, step=1), 1)
 
     module = WrappedViT()
     initial = {n: p.detach().clone() for n, p in module.named_parameters()}
-    callback = DynamicFineTuning(monitor="score", backbone="model", patience=1, step=1)
+    callback = DynamicFineTuning("model", monitor="score", mode="min", patience=1, step=1)
     fit(module, callback, 3)
     groups = callback.tuner.groups
     assert [g.name for g in groups] == [
