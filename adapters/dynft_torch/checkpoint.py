@@ -109,7 +109,14 @@ def save_checkpoint(
         "lr_schedulers": [{"class": type(s).__name__, "state": s.state_dict()} for s in schedulers],
         "extra": dict(extra or {}),
     }
-    target = Path(path)
+    return write_atomically(payload, Path(path))
+
+
+def write_atomically(payload: object, target: Path) -> Path:
+    """``torch.save(payload)`` to ``target`` through a flushed temporary file and ``os.replace``.
+
+    ``target`` then holds its old content or the new one, never a part (its folder must exist).
+    """
     handle, temporary = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
     )
