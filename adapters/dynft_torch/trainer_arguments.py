@@ -96,9 +96,14 @@ def check_model(model: nn.Module, args: Any) -> None:
             "parameters train, and unfreezing backbone groups would train the base weights the "
             "adapters are meant to leave alone"
         )
+    # transformers 5.0 has only the older name (deprecated in later releases)
+    model_checkpointing = (
+        model.is_activation_checkpointing
+        if hasattr(model, "is_activation_checkpointing")
+        else getattr(model, "is_gradient_checkpointing", False)
+    )
     checkpointing = (
-        getattr(model, "is_activation_checkpointing", False)
-        or getattr(model, "is_gradient_checkpointing", False)
+        model_checkpointing
         or getattr(args, "activation_checkpointing", None)
         or getattr(args, "gradient_checkpointing", None)
     )

@@ -42,22 +42,27 @@ class ScriptedScore:
 
 
 class Recorder(transformers.TrainerCallback):
-    """Put before the dynft callback: sees each evaluation's weights before the decision."""
+    """What the model and optimizer held at every evaluation and step.
+
+    Put before the dynft callback it sees each evaluation's weights before the decision; put
+    after it, the weights the decision left.
+    """
 
     def __init__(self) -> None:
         self.evaluated: dict[int, dict[str, torch.Tensor]] = {}
+        self.with_state: dict[int, set[str]] = {}  # parameters with optimizer state
+        self.with_grad: dict[int, int] = {}  # parameters holding a gradient
         self.rates: list[tuple[int, list[float]]] = []
-        self.optimizer = None
-        self.lr_scheduler = None
-
-    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         self.rates.append((state.global_step, [group["lr"] for group in optimizer.param_groups]))
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        self.evaluated[state.global_step] = weights(model)
+    def on_evaluate(self, args, state, control, model=None, optimizer=None, **kwargs):
+        step = state.global_step
+        self.evaluated[step] = weights(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.with_state[step] = {names[id(p)] for p, s in optimizer.state.items() if s}
+        self.with_grad[step] = sum(p.grad is not None for p in model.parameters())
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,11 +99,13 @@ def make_trainer(
     scores: Sequence[float] | None = None,
     callback: DynamicFineTuningCallback | None = None,
     before: Sequence[transformers.TrainerCallback] = (),
+    after: Sequence[transformers.TrainerCallback] = (),
     model: torch.nn.Module | None = None,
     eval_dataset: Dataset | dict[str, Dataset] | None = None,
     **overrides,
 ) -> tuple[transformers.Trainer, DynamicFineTuningCallback, Recorder]:
-    """A Trainer on ``family``'s tiny model with a recorder and the dynft callback.
+    """A Trainer on ``family``'s tiny model with a recorder, then ``before``, the dynft
+    callback and ``after``.
 
     ``scores`` scripts the ``eval_score`` metric (monitored, lower is better) unless ``None``
     (then the evaluation loss is all there is).
@@ -114,7 +121,7 @@ def make_trainer(
         train_dataset=Examples(family, 32, seed=1),
         eval_dataset=eval_dataset if eval_dataset is not None else Examples(family, 8, seed=2),
         compute_metrics=None if scores is None else ScriptedScore(scores),
-        callbacks=[recorder, *before, callback],
+        callbacks=[recorder, *before, callback, *after],
     )
     return trainer, callback, recorder
 
