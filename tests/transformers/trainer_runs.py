@@ -31,14 +31,17 @@ class Examples(Dataset):
 
 
 class ScriptedScore:
-    """``compute_metrics`` reporting ``score`` from a fixed sequence, one value per evaluation:
-    the decisions are then known in advance whatever the weights do."""
+    """``compute_metrics`` reporting ``score`` (and any ``others``) from fixed sequences, one
+    value per evaluation: the decisions are then known in advance whatever the weights do."""
 
-    def __init__(self, values: Sequence[float]) -> None:
-        self.values = itertools.chain(values, itertools.repeat(values[-1]))
+    def __init__(self, values: Sequence[float], **others: Sequence[float]) -> None:
+        self.series = {
+            name: itertools.chain(series, itertools.repeat(series[-1]))
+            for name, series in {"score": values, **others}.items()
+        }
 
     def __call__(self, prediction: transformers.EvalPrediction) -> dict[str, float]:
-        return {"score": next(self.values)}
+        return {name: next(series) for name, series in self.series.items()}
 
 
 class Recorder(transformers.TrainerCallback):
@@ -102,13 +105,14 @@ def make_trainer(
     after: Sequence[transformers.TrainerCallback] = (),
     model: torch.nn.Module | None = None,
     eval_dataset: Dataset | dict[str, Dataset] | None = None,
+    other_metrics: dict[str, Sequence[float]] | None = None,
     **overrides,
 ) -> tuple[transformers.Trainer, DynamicFineTuningCallback, Recorder]:
     """A Trainer on ``family``'s tiny model with a recorder, then ``before``, the dynft
     callback and ``after``.
 
     ``scores`` scripts the ``eval_score`` metric (monitored, lower is better) unless ``None``
-    (then the evaluation loss is all there is).
+    (then the evaluation loss is all there is); ``other_metrics`` scripts more.
     """
     recorder = Recorder()
     callback = callback or DynamicFineTuningCallback(patience=1, step=1, decay=0.5)
@@ -120,7 +124,7 @@ def make_trainer(
         args=arguments(output_dir, **overrides),
         train_dataset=Examples(family, 32, seed=1),
         eval_dataset=eval_dataset if eval_dataset is not None else Examples(family, 8, seed=2),
-        compute_metrics=None if scores is None else ScriptedScore(scores),
+        compute_metrics=None if scores is None else ScriptedScore(scores, **(other_metrics or {})),
         callbacks=[recorder, *before, callback, *after],
     )
     return trainer, callback, recorder
