@@ -142,7 +142,9 @@ def logged_decisions(log_history: list[dict[str, Any]]) -> int:
 
 
 def _differing(saved: Mapping[str, int], current: Mapping[str, int]) -> list[str]:
-    return sorted(name for name in saved.keys() | current.keys() if saved.get(name) != current.get(name))
+    return sorted(
+        name for name in saved.keys() | current.keys() if saved.get(name) != current.get(name)
+    )
 
 
 def check_weights(

@@ -153,10 +153,15 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
 
     # --- Trainer events -------------------------------------------------------------------
 
-    def on_init_end(self, args, state, control, model=None, **kwargs):
-        self._refuse_reuse("init")
+    def _checked_config(self, args: Any, model: nn.Module) -> FineTuneConfig:
+        """The options with the monitor resolved, once the settings pass every refusal."""
         check_training_arguments(args, self.config)
         check_model(model, args)
+        return resolve_monitor(self.config, self._explicit_monitor, self._explicit_mode, args)
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self._refuse_reuse("init")
+        self._checked_config(args, model)
         frozen = 0
         for group in resolve_groups(model, self.backbone, self.groups):
             for name in group.parameter_names:
@@ -179,9 +184,7 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
                 "DynamicFineTuningCallback does not support hyperparameter_search: every trial "
                 "trains a new model, which needs a new callback"
             )
-        check_training_arguments(args, self.config)
-        check_model(model, args)
-        config = resolve_monitor(self.config, self._explicit_monitor, self._explicit_mode, args)
+        config = self._checked_config(args, model)
         if config.max_epochs is not None:
             config.budget(planned_evaluations(args, state), unit="evaluations")
         _check_optimizer_holds_groups(model, optimizer, self.backbone, self.groups)
@@ -247,7 +250,9 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
             control.should_training_stop = True
         return control
 
-    def on_save(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+    def on_save(
+        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
+    ):
         if self._stage != "training" or self.tuner is None:
             return None
         self._check_rounds_decided(None)

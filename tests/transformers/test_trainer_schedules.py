@@ -4,8 +4,6 @@ so far; ReduceLROnPlateau composes; unfrozen_lr_ratio (without checkpoints) keep
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import transformers
