@@ -67,11 +67,13 @@ _DEFAULTS = FineTuneConfig()
 class DynamicFineTuningCallback(transformers.TrainerCallback):
     """Validation-driven dynamic fine-tuning (Algorithm 1) inside Hugging Face ``Trainer``.
 
-    Add it to an otherwise unchanged ``Trainer``::
+    Add it to an otherwise unchanged ``Trainer``:
 
-        trainer = Trainer(model, args, train_dataset=..., eval_dataset=...,
-                          callbacks=[DynamicFineTuningCallback(patience=2, step=2)])
-        trainer.train()   # or trainer.train(resume_from_checkpoint=True)
+    ```python
+    trainer = Trainer(model, args, train_dataset=..., eval_dataset=...,
+                      callbacks=[DynamicFineTuningCallback(patience=2, step=2)])
+    trainer.train()   # or trainer.train(resume_from_checkpoint=True)
+    ```
 
     The backbone groups (``groups="auto"``: embeddings, one group per encoder block or stage
     block, the final norm with the deepest block) are frozen when training starts, the task
