@@ -107,6 +107,7 @@ def timed_run(with_callback: bool, args: argparse.Namespace, data: tuple[Dataset
             eval_dataset=data[1],
             callbacks=callbacks,
         )
+        trainer.remove_callback(transformers.PrinterCallback)  # disable_tqdm's log printer
         trainer.train()
     return clock.epochs()[1:]
 
