@@ -165,5 +165,5 @@ def resolve_monitor(
 def planned_evaluations(args: Any, state: Any) -> int:
     """How many evaluations the run can have at most (the budget ``max_epochs`` counts in)."""
     if args.eval_strategy == "epoch":
-        return math.ceil(state.num_train_epochs)
-    return state.max_steps // state.eval_steps + (1 if state.max_steps % state.eval_steps else 0)
+        return int(math.ceil(state.num_train_epochs))
+    return int(math.ceil(state.max_steps / state.eval_steps))

@@ -30,10 +30,11 @@ def _runs_step_hooks(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     trains with) subclasses ``Optimizer`` without its initialisation, so it has no hooks of its
     own; its ``step`` calls the optimizer it holds, whose hooks run.
     """
+    inner = getattr(optimizer, "optimizer", None)
     while not hasattr(optimizer, "_optimizer_step_post_hooks") and isinstance(
-        getattr(optimizer, "optimizer", None), torch.optim.Optimizer
+        inner, torch.optim.Optimizer
     ):
-        optimizer = optimizer.optimizer
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
     return optimizer
 
 

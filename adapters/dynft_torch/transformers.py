@@ -38,7 +38,8 @@ from transformers.utils import logging
 from dynft_core import Decision, FineTuneConfig
 from dynft_core.scheduler import check_bool
 
-from .groups import GroupSpec, resolve_groups
+from .group_specs import GroupSpec
+from .groups import resolve_groups
 from .param_groups import held_groups
 from .trainer_arguments import (
     check_model,
@@ -161,7 +162,9 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         check_model(model, args)
         return resolve_monitor(self.config, self._explicit_monitor, self._explicit_mode, args)
 
-    def on_init_end(self, args, state, control, model=None, **kwargs):
+    def on_init_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> Any:
         self._refuse_reuse("init")
         self._checked_config(args, model)
         frozen = 0
@@ -178,8 +181,15 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         self._stage = "ready"
 
     def on_train_begin(
-        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
-    ):
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         self._refuse_reuse("train")
         if state.is_hyper_param_search:
             raise ValueError(
@@ -230,7 +240,9 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
                 control.should_training_stop = True  # the saved run had already stopped
         return control
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
+    ) -> Any:
         tuner = self.tuner
         # eval_on_start evaluates before the first step of this train() call: nothing to decide
         if self._stage != "training" or tuner is None or tuner.scheduler.stopped:
@@ -253,8 +265,15 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         return control
 
     def on_save(
-        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
-    ):
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         if self._stage != "training" or self.tuner is None:
             return None
         self._check_rounds_decided(None)
@@ -271,17 +290,19 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
             )
         return None
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self._stage == "training":
             self._check_rounds_decided(None)
         return None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
         if self._stage == "training" and self.tuner is not None and logs is not None:
             logs["dynft_unfrozen"] = self.tuner.scheduler.num_unfrozen
         return None
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
+    def on_train_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> Any:
         tuner = self.tuner
         if self._stage != "training" or tuner is None:
             return None

@@ -112,6 +112,15 @@ def test_steps_strategy_decides_at_every_evaluation(tmp_path):
     assert same_weights(weights(trainer.model), before.evaluated[16])  # 0.8 is the best
 
 
+def test_the_evaluation_before_training_is_not_a_decision(tmp_path):
+    trainer, callback, before = make_trainer(
+        "bert", tmp_path, [5.0, 1.0, 1.1], num_train_epochs=2, eval_on_start=True
+    )
+    trainer.train()
+    assert sorted(before.evaluated) == [0, 4, 8]
+    assert [d.value for d in callback.decisions if not d.external_stop] == [1.0, 1.1]
+
+
 def test_logged_messages_and_dynft_unfrozen_in_logs(tmp_path, caplog):
     printed = []
 

@@ -93,6 +93,7 @@ def refused_resume(folder, **overrides):
         ("log_of_two_decisions", ResumeMismatchError, r"epoch 3 but the trainer_state.json"),
         ("no_optimizer_state", RuntimeError, r"did not load its optimizer.pt and scheduler.pt"),
         ("other_options", ValueError, r"other options \(patience=1, now 2"),
+        ("other_groups", ValueError, r"groups that differ from this tuner's"),
     ],
 )
 def test_mismatched_resumes_are_refused(bert_checkpoints, tmp_path, damage, error, message):
@@ -112,13 +113,32 @@ def test_mismatched_resumes_are_refused(bert_checkpoints, tmp_path, damage, erro
     elif damage == "no_optimizer_state":
         (checkpoint / "optimizer.pt").unlink()
         (checkpoint / "scheduler.pt").unlink()
-    else:
+    elif damage == "other_options":
         overrides["callback"] = DynamicFineTuningCallback(patience=2, step=1, decay=0.5)
+    else:
+        overrides["callback"] = DynamicFineTuningCallback(
+            patience=1, step=1, decay=0.5, groups="modules"
+        )
     trainer, callback, initial = refused_resume(tmp_path, **overrides)
     with pytest.raises(error, match=message):
         trainer.train(resume_from_checkpoint=True)
     assert callback.tuner is None
     assert {n: p.requires_grad for n, p in trainer.model.named_parameters()} == initial
+
+
+def test_resuming_a_run_dynft_stopped_keeps_its_end(tmp_path):
+    """dynft stops at evaluation 6 of 8 epochs; resuming its last checkpoint ends the same."""
+    final, decisions = straight_run(
+        "bert", tmp_path / "straight", save_strategy="epoch", num_train_epochs=8
+    )
+    assert decisions[-1]["stop"] and decisions[-1]["epoch"] == 6
+    copy_checkpoints(tmp_path / "straight", tmp_path, 24)
+    trainer, callback, _ = resumed_trainer(
+        "bert", tmp_path, 6, save_strategy="no", num_train_epochs=8
+    )
+    trainer.train(resume_from_checkpoint=True)
+    assert [d.to_dict() for d in callback.decisions] == decisions
+    assert same_weights(weights(trainer.model), final)
 
 
 def test_vit_resume_that_trainer_loads_partly_is_refused_then_works(tmp_path):
