@@ -103,20 +103,24 @@ def save_state(
     return write_atomically(payload, folder / STATE_FILE)
 
 
-def load_state(path: Path) -> dict[str, Any]:
+RESUME_REMEDY = (
+    "Resume from an earlier checkpoint; for a checkpoint outside output_dir pass "
+    "DynamicFineTuningCallback(resume_from='path/to/checkpoint-N')"
+)
+
+
+def load_state(path: Path, remedy: str) -> dict[str, Any]:
     """Read a ``dynft_state.pt``.
 
     Raises:
-        FileNotFoundError: No such file (with what to do).
+        FileNotFoundError: No such file (the message ends with ``remedy``).
         ValueError: The file is not one written by the callback, of this version.
     """
     if not path.is_file():
         raise FileNotFoundError(
-            f"resuming at step {path.parent.name.rpartition('-')[2]} but {path} does not exist: "
-            "the checkpoint was written without DynamicFineTuningCallback, or the run was "
-            "killed between Trainer's save and the callback's. Resume from an earlier "
-            "checkpoint; for a checkpoint outside output_dir pass "
-            "DynamicFineTuningCallback(resume_from='path/to/checkpoint-N')"
+            f"{path} does not exist: {path.parent.name} was written without "
+            "DynamicFineTuningCallback, or the run was killed between Trainer's save and the "
+            f"callback's. {remedy}"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -49,6 +49,7 @@ from .trainer_arguments import (
 )
 from .trainer_checkpoint import (
     DECISION_KEY,
+    RESUME_REMEDY,
     STATE_FILE,
     check_resumed,
     check_weights,
@@ -204,7 +205,7 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         if state.global_step > 0:
             path = self.resume_from or checkpoint_folder(args.output_dir, state.global_step)
             path = path / STATE_FILE
-            saved = load_state(path)
+            saved = load_state(path, RESUME_REMEDY)
             check_resumed(
                 saved,
                 path,
@@ -244,11 +245,10 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
     ) -> Any:
         tuner = self.tuner
-        # eval_on_start evaluates before the first step of this train() call: nothing to decide
         if self._stage != "training" or tuner is None or tuner.scheduler.stopped:
             return None
         if state.global_step == self._first_step:
-            return None
+            return None  # eval_on_start: before this train() call's first step, no decision
         self._check_rounds_decided(state.global_step)
         metrics = metrics or {}
         monitor = tuner.config.monitor
@@ -321,13 +321,13 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
             and state.best_model_checkpoint is not None
         ):
             folder = Path(state.best_model_checkpoint)
+            keep = "Keep restore_best_weights=True: dynft then restores its best from memory"
             check_weights(
-                load_state(folder / STATE_FILE)["fingerprints"],
+                load_state(folder / STATE_FILE, keep)["fingerprints"],
                 model,
                 folder,
                 "load_best_model_at_end",
-                "Keep restore_best_weights=True: dynft then restores its best evaluation from "
-                "memory",
+                keep,
             )
         return None
 
@@ -376,8 +376,6 @@ def _check_optimizer_holds_groups(
     The tuner would add them in param groups of their own at an unfreeze, and the checkpoints
     could not be resumed (see ``trainer_arguments``).
     """
-    if optimizer is None:
-        raise RuntimeError("Trainer has no optimizer at on_train_begin")
     held = held_groups(optimizer)
     missing = [
         name
