@@ -23,6 +23,21 @@ from torch.utils.hooks import RemovableHandle
 from dynft_core import Decision, UnfreezeScheduler
 
 
+def _runs_step_hooks(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer whose ``step`` runs step hooks.
+
+    A wrapper such as accelerate's ``AcceleratedOptimizer`` (what Hugging Face ``Trainer``
+    trains with) subclasses ``Optimizer`` without its initialisation, so it has no hooks of its
+    own; its ``step`` calls the optimizer it holds, whose hooks run.
+    """
+    inner = getattr(optimizer, "optimizer", None)
+    while not hasattr(optimizer, "_optimizer_step_post_hooks") and isinstance(
+        inner, torch.optim.Optimizer
+    ):
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
+    return optimizer
+
+
 class TrainingWatch:
     """Optimizer steps and parameter versions since the last decision.
 
@@ -42,7 +57,7 @@ class TrainingWatch:
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Count the steps of ``optimizer`` (and stop counting the previous one's)."""
         self.detach()
-        self._handle = optimizer.register_step_post_hook(self._count)
+        self._handle = _runs_step_hooks(optimizer).register_step_post_hook(self._count)
 
     def detach(self) -> None:
         if self._handle is not None:
