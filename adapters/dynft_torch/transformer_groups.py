@@ -38,14 +38,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .auto_groups import _join, _owns_parameters, _submodule, timm_parameter_groups
-
-if TYPE_CHECKING:  # groups.py imports this module
-    from .groups import BackboneGroup
 
 # (module names, parameter names) of one group, the form resolve_groups validates.
 ParameterGroup = tuple[tuple[str, ...], list[str]]
