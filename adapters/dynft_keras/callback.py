@@ -13,17 +13,19 @@ import numpy as np
 from dynft_core import Decision, FineTuneConfig, UnfreezeScheduler, carry_out, check_resume_point
 
 from . import backup, resume
+from .actions import KerasActions
 from .backbone import Backbone, BackboneSpec, as_backbone, is_name_list
-from .freezing import apply_trainable, batch_norm_state, group_variables, warn_zero_gamma
+from .freezing import warn_zero_gamma
 from .groups import GroupSpec, attached_batch_norm, resolve_groups
-from .optimizer import FineTuningOptimizer, rebuild_step_functions, strategy_scope
+from .neighbours import callbacks_of_this_fit, check_order, follow_schedulers, release_scheduler
+from .optimizer import FineTuningOptimizer
 from .rates import configured_learning_rate
-from .snapshot import WeightSnapshot, changeable_variables
+from .snapshot import WeightSnapshot
 from .state import CallbackState, parse_state
 from .table import group_table
 
 
-class DynamicFineTuning(keras.callbacks.Callback):
+class DynamicFineTuning(KerasActions, keras.callbacks.Callback):
     """Validation-driven dynamic fine-tuning (Algorithm 1) inside one ``model.fit``.
 
     On train begin every backbone group is frozen and ``model.optimizer`` becomes a
@@ -105,6 +107,7 @@ class DynamicFineTuning(keras.callbacks.Callback):
         self._expected: resume.Expected | None = None
         self._pending: str | None = None
         self._verify_first_epoch = False
+        self._schedulers: list[keras.callbacks.LearningRateScheduler] = []
 
     def _resolve(self, model: keras.Model | None) -> None:
         self.backbone = as_backbone(self._backbone_spec, model)
@@ -209,47 +212,15 @@ class DynamicFineTuning(keras.callbacks.Callback):
         else:
             dataclasses.replace(self.config, max_epochs=scheduler.max_epochs).budget(epochs)
         self._install_optimizer()
+        neighbours = callbacks_of_this_fit(self)
+        if neighbours is not None:
+            check_order(self, neighbours, self.backup_dir)
+            assert self._optimizer is not None
+            self._schedulers = follow_schedulers(neighbours, self._optimizer)
         warn_zero_gamma(self.backbone, self._batch_norm)
         if self.backup_dir is not None and self._loaded is None:
             self._save_backup()  # epoch 0: what a kill before the first epoch end resumes
         self._verify_first_epoch = True
-
-    def _install_optimizer(self) -> None:
-        model, scheduler, groups = self.model, self.scheduler, self.groups
-        assert scheduler is not None and groups is not None
-        if self._optimizer is not None and model.optimizer is self._optimizer:
-            # The same callback continues in this process (fit raised and is called again).
-            apply_trainable(self.backbone, groups, scheduler.num_unfrozen, self._batch_norm)
-            rebuild_step_functions(model)
-            return
-        loaded = self._loaded
-        with strategy_scope(model):
-            optimizer = FineTuningOptimizer.wrap(
-                model.optimizer,
-                learning_rate=loaded.learning_rate if loaded else None,
-                # After BackupAndRestore the step count comes from its checkpoint: leaving
-                # the compiled one here is what lets the first epoch tell whether it loaded.
-                steps=loaded.train_steps if loaded and self._loaded_by_set_state else None,
-            )
-            optimizer.scale_learning_rate(scheduler.lr_scale)
-            apply_trainable(self.backbone, groups, 0, self._batch_norm)
-            if not model.trainable_variables:
-                raise ValueError(
-                    f"with the backbone frozen, model {model.name!r} has no trainable "
-                    "weights: nothing would train until the first unfreeze. Make the head "
-                    "trainable"
-                )
-            optimizer.build(model.trainable_variables)
-            for decision in scheduler.history:
-                if decision.newly_unfrozen:
-                    apply_trainable(self.backbone, groups, decision.num_unfrozen,
-                                    self._batch_norm)  # fmt: skip
-                    optimizer.add_group(self._variables_of(decision.newly_unfrozen),
-                                        self.config.unfrozen_lr_ratio,
-                                        model.trainable_variables)  # fmt: skip
-        apply_trainable(self.backbone, groups, scheduler.num_unfrozen, self._batch_norm)
-        model.optimizer = self._optimizer = optimizer
-        rebuild_step_functions(model)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._verify_first_epoch:
@@ -279,15 +250,6 @@ class DynamicFineTuning(keras.callbacks.Callback):
                 "model.optimizer was replaced during fit; DynamicFineTuning unfreezes and "
                 "decays through the optimizer it installed at train begin. Compile before fit"
             )
-        if (
-            self.backup_dir is not None
-            and resume.backup_and_restore_epoch(self.backup_dir) == epoch + 1
-        ):
-            raise RuntimeError(
-                "BackupAndRestore saved this epoch before DynamicFineTuning took its decision, "
-                "so a resume would load weights and optimizer state from before it; list "
-                "DynamicFineTuning before BackupAndRestore in callbacks"
-            )
         if logs is None or self.config.monitor not in logs:
             present = sorted(logs) if logs else []
             raise KeyError(
@@ -306,6 +268,8 @@ class DynamicFineTuning(keras.callbacks.Callback):
             self._save_backup()
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        for scheduler in self._schedulers:
+            release_scheduler(scheduler)
         if self._verify_first_epoch and self.model._initial_epoch is not None:
             self._verify_resume_point(self.model._initial_epoch)  # fit ran no epoch
         self.finish("fit ended")
@@ -339,65 +303,6 @@ class DynamicFineTuning(keras.callbacks.Callback):
                 stacklevel=2,
             )
         return decision
-
-    # -- the actions carry_out calls ------------------------------------------
-
-    def _variables_of(self, indices: tuple[int, ...]) -> list[keras.Variable]:
-        assert self.groups is not None
-        return [
-            variable
-            for index in indices
-            for variable in group_variables(self.groups[index], self._batch_norm[index])
-        ]
-
-    def capture_best(self) -> None:
-        """Copy the weights training can change (the best epoch's)."""
-        assert self.scheduler is not None
-        self.snapshot.capture(changeable_variables(self.model), self.scheduler.epoch)
-
-    def unfreeze(self, groups: tuple[int, ...], lr_ratio: float) -> None:
-        """Make ``groups`` trainable under a new optimizer at ``lr_ratio`` x the head's rate."""
-        assert self.scheduler is not None and self._optimizer is not None
-        variables = self._variables_of(groups)
-        if not self.snapshot.empty:
-            # Frozen since the snapshot, their values now are the best epoch's.
-            moving = [v for i in groups for v in batch_norm_state(self._batch_norm[i])]
-            self.snapshot.extend(variables + moving)
-        apply_trainable(self.backbone, self.groups, self.scheduler.num_unfrozen, self._batch_norm)
-        with strategy_scope(self.model):
-            self._optimizer.add_group(variables, lr_ratio, self.model.trainable_variables)
-        rebuild_step_functions(self.model)
-
-    def scale_learning_rate(self, factor: float) -> None:
-        """Multiply every group's rate by ``factor`` (the base rate is left to the user)."""
-        assert self._optimizer is not None
-        self._optimizer.scale_learning_rate(factor)
-
-    def restore_best(self, diverged: bool) -> None:
-        """Restore the best snapshot before the next epoch trains (or now, at the end)."""
-        self._pending = "diverged" if diverged or self._pending == "diverged" else "rollback"
-
-    def stop_training(self) -> None:
-        """End ``fit`` after this epoch."""
-        self.model.stop_training = True
-
-    def _carry_out_pending_restore(self) -> None:
-        if self._pending is None:
-            return
-        assert self._optimizer is not None
-        diverged, self._pending = self._pending == "diverged", None
-        if self.snapshot.empty:
-            best_epoch = self.scheduler.best_epoch if self.scheduler else None
-            warnings.warn(
-                f"dynft: the best weights of epoch {best_epoch} are not in memory (state "
-                "resumed without backup_dir); keeping the current weights",
-                stacklevel=3,
-            )
-        else:
-            self.snapshot.restore()
-        if diverged:
-            self._optimizer.reset_state()
-        self._optimizer.sync_moving_averages()
 
     # -- resume files ----------------------------------------------------------
 

@@ -24,9 +24,7 @@ from typing import Any
 import keras
 
 from .rates import GroupRate, LearningRate, configured_learning_rate
-
-# Public attributes that name an optimizer instance rather than a setting.
-_NOT_SETTINGS = frozenset({"built", "name"})
+from .template import Template
 
 
 def strategy_scope(model: keras.Model) -> contextlib.AbstractContextManager[Any]:
@@ -34,38 +32,6 @@ def strategy_scope(model: keras.Model) -> contextlib.AbstractContextManager[Any]
     if keras.backend.backend() == "tensorflow":
         return model.distribute_strategy.scope()  # type: ignore[no-any-return]
     return contextlib.nullcontext()
-
-
-def _settings(optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in vars(optimizer).items()
-        if not key.startswith("_")
-        and key not in _NOT_SETTINGS
-        and (value is None or isinstance(value, (bool, int, float, str, tuple)))
-    }
-
-
-def _check_supported(optimizer: keras.optimizers.Optimizer) -> None:
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        # Its own config carries a dummy learning rate of 0; scaling that would
-        # silently leave the wrapped optimizer's rate untouched.
-        raise TypeError(
-            "DynamicFineTuning does not support LossScaleOptimizer (mixed_float16 with "
-            "auto_scale_loss); compile with auto_scale_loss=False or a float32 policy"
-        )
-    if hasattr(optimizer, "optimizers"):
-        raise TypeError(
-            f"DynamicFineTuning does not support {type(optimizer).__name__}, which holds "
-            "several optimizers; compile with one optimizer (unfrozen_lr_ratio gives the "
-            "backbone its own rate)"
-        )
-    if optimizer.global_clipnorm and optimizer.gradient_accumulation_steps:
-        raise TypeError(
-            "DynamicFineTuning cannot combine global_clipnorm with gradient_accumulation_steps: "
-            "the global norm of accumulated gradients spans the optimizers of all groups; use "
-            "clipnorm (per variable) or drop the accumulation"
-        )
 
 
 class FineTuningOptimizer(keras.optimizers.Optimizer):
@@ -76,11 +42,13 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
     head and one more per unfreeze; it dispatches each gradient to the optimizer that owns the
     variable.
 
-    Its ``learning_rate`` is the base rate: what you, ``ReduceLROnPlateau`` and
-    ``LearningRateScheduler`` read and set. The head trains at ``base x factor``, a group
-    unfrozen with ``unfrozen_lr_ratio=r`` at ``r x base x factor``; ``factor`` is the
-    cumulative ``(1 - decay)`` of the unfreezes, so a scheduler that sets the base every epoch
-    keeps the decay. ``iterations`` counts the training steps (a schedule's clock).
+    The head trains at ``base x factor``, a group unfrozen with ``unfrozen_lr_ratio=r`` at
+    ``r x base x factor``: ``base`` is the compiled rate (a float or a schedule of the step
+    count), ``factor`` the cumulative ``(1 - decay)`` of the unfreezes. ``learning_rate`` is the
+    head's rate, ``base x factor``, as for a single optimizer whose rate is multiplied at each
+    unfreeze: ``ReduceLROnPlateau`` and ``TensorBoard`` read it, and setting it to ``v`` makes
+    the head's rate ``v`` (the base becomes ``v / factor``; every group follows).
+    ``iterations`` counts the training steps (a schedule's clock).
 
     Args:
         template: ``(class, config, weight-decay exclusions)`` of the compiled optimizer.
@@ -91,23 +59,22 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        template: tuple[type, dict[str, Any], tuple[set[Any], Any]],
+        template: Template,
         learning_rate: LearningRate,
         steps: int = 0,
         name: str | None = None,
     ) -> None:
-        config = template[1]
         super().__init__(
             learning_rate=learning_rate,
-            loss_scale_factor=config.get("loss_scale_factor"),
+            loss_scale_factor=template.config.get("loss_scale_factor"),
             name=name,
         )
         self._template = template
-        self._clip_globally = config.get("global_clipnorm")
+        self._clip_globally = template.config.get("global_clipnorm")
         self._factor = self.add_variable((), initializer="ones", name="lr_factor",
                                          aggregation="only_first_replica")  # fmt: skip
         self._iterations.assign(steps)
-        self._head = self._instance(1.0)
+        self._head = self._instance(1.0, template.config.get("name"))
         self._groups: list[keras.optimizers.Optimizer] = []
         self._group_keys: list[frozenset[Any]] = []
 
@@ -135,32 +102,12 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
                 learning rate is a plain callable, or it has settings that ``get_config()``
                 does not return (they would be lost in the groups' optimizers).
         """
-        unwrapped = isinstance(optimizer, FineTuningOptimizer)
-        if not unwrapped:
-            _check_supported(optimizer)
-        if steps is None:
-            steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
         if learning_rate is None:
             learning_rate = configured_learning_rate(optimizer)
-        if unwrapped:
-            return cls(optimizer._template, learning_rate, steps)
-        exclusions = (
-            set(getattr(optimizer, "_exclude_from_weight_decay", set())),
-            getattr(optimizer, "_exclude_from_weight_decay_pattern", None),
-        )
-        template = (type(optimizer), optimizer.get_config(), exclusions)
-        copied = _settings(_instantiate(template, GroupRate(learning_rate=1.0)))
-        lost = {
-            key: value
-            for key, value in _settings(optimizer).items()
-            if key not in copied or copied[key] != value
-        }
-        if lost:
-            raise TypeError(
-                f"{type(optimizer).__name__} has settings that get_config() does not return "
-                f"({lost}); DynamicFineTuning copies the optimizer per unfrozen group from its "
-                "config and would lose them. Add them to get_config()"
-            )
+        unwrapped = isinstance(optimizer, FineTuningOptimizer)
+        template = optimizer._template if unwrapped else Template.of(optimizer)
+        if steps is None:
+            steps = int(keras.ops.convert_to_numpy(optimizer._iterations))
         return cls(template, learning_rate, steps)
 
     # -- learning rate ---------------------------------------------------------------
@@ -173,6 +120,18 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
     def scale_learning_rate(self, factor: float) -> None:
         """Multiply the rate of every group (the head's included) by ``factor``."""
         self._factor.assign(self._factor * factor)
+
+    @property
+    def learning_rate(self) -> Any:
+        """The head's rate, ``base x factor``."""
+        return self.effective_learning_rate_tensor()
+
+    @learning_rate.setter
+    def learning_rate(self, value: Any) -> None:
+        if isinstance(self._learning_rate, keras.Variable) and isinstance(value, (int, float)):
+            value = float(value) / self.rate_factor
+        # A schedule is not settable (Keras raises); a new schedule replaces the base.
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
 
     def effective_learning_rate_tensor(self) -> Any:
         """``base x factor`` as a tensor, evaluated at the current step."""
@@ -203,8 +162,8 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
         yield self._head
         yield from self._groups
 
-    def _instance(self, ratio: float) -> keras.optimizers.Optimizer:
-        return _instantiate(self._template, GroupRate(self, ratio), self._clip_globally)
+    def _instance(self, ratio: float, name: str | None) -> keras.optimizers.Optimizer:
+        return self._template.instantiate(GroupRate(self, ratio), bool(self._clip_globally), name)
 
     def build(self, var_list: Sequence[keras.Variable]) -> None:
         """Build the head's optimizer for ``var_list`` (the trainable variables at train begin)."""
@@ -222,7 +181,7 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
             ratio: ``unfrozen_lr_ratio``.
             var_list: Every trainable variable of the model now.
         """
-        group = self._instance(ratio)
+        group = self._instance(ratio, f"{self._head.name}_unfreeze_{len(self._groups) + 1}")
         group.build(list(variables))
         self._align_phase(group)
         self._groups.append(group)
@@ -324,7 +283,7 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
         The step count of ``model.optimizer`` itself, a schedule's clock, keeps running.
         """
         for owner in self._owners():
-            fresh = _instantiate(self._template, owner._learning_rate, self._clip_globally)
+            fresh = self._template.instantiate(owner._learning_rate, bool(self._clip_globally))
             fresh.build(list(owner._trainable_variables))
             for variable, initial in zip(owner.variables, fresh.variables, strict=True):
                 variable.assign(initial)
@@ -334,8 +293,8 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
     def get_config(self) -> dict[str, Any]:
         # The per-group structure is run state, rebuilt by the callback: a config holds the
         # template and the base rate, like the compiled optimizer's own.
-        template_class, config, _ = self._template
-        return {"template": keras.saving.serialize_keras_object(template_class.from_config(config))}
+        template = self._template.instantiate(configured_learning_rate(self))
+        return {"template": keras.saving.serialize_keras_object(template)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> FineTuningOptimizer:
@@ -343,28 +302,6 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
             config["template"], custom_objects=custom_objects
         )
         return cls.wrap(template)
-
-
-def _instantiate(
-    template: tuple[type, dict[str, Any], tuple[set[Any], Any]],
-    learning_rate: GroupRate,
-    clip_globally: float | None = None,
-) -> keras.optimizers.Optimizer:
-    template_class, config, (excluded, pattern) = template
-    config = {**config, "learning_rate": learning_rate}
-    if clip_globally:
-        config.update(global_clipnorm=None, loss_scale_factor=None)
-    try:
-        optimizer = template_class.from_config(config)
-    except Exception as err:  # a custom optimizer's from_config may raise anything
-        raise TypeError(
-            f"cannot copy {template_class.__name__} from its get_config() for the unfrozen "
-            f"groups: {err}"
-        ) from err
-    optimizer._exclude_from_weight_decay = set(excluded)
-    optimizer._exclude_from_weight_decay_pattern = pattern
-    optimizer._exclude_from_weight_decay_cache = {}
-    return optimizer
 
 
 def _sync_averages(optimizer: keras.optimizers.Optimizer) -> None:

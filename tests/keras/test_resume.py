@@ -74,12 +74,19 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path):
         )  # fmt: skip
 
 
-def test_backup_and_restore_without_dynft_backup_is_refused(tmp_path):
+def test_backup_and_restore_without_dynft_backup_is_refused_at_train_begin(tmp_path):
+    with pytest.raises(RuntimeError, match="backup_dir is None: a resume would restart"):
+        _fit(tmp_path, dynft_backup=False)
+
+
+def test_dynft_backup_gone_is_refused_at_resume(tmp_path):
     with pytest.raises(RuntimeError, match="interrupted"):
-        _fit(tmp_path, extra=[Interrupt(at=3)], dynft_backup=False)
-    expected = "at epoch 0 but BackupAndRestore resumes after epoch 3"
+        _fit(tmp_path, extra=[Interrupt(at=3)])
+    for path in tmp_path.glob("dynft_backup_*"):
+        path.unlink()
+    expected = "at epoch 0 but BackupAndRestore resumes after epoch 3.*found no backup of its own"
     with pytest.raises(ResumeMismatchError, match=expected):
-        _fit(tmp_path, seed=1, dynft_backup=False)
+        _fit(tmp_path, seed=1)
 
 
 def test_get_state_set_state_round_trip():
@@ -170,9 +177,10 @@ def _resumed_from_state_after_three_epochs():
 
 def test_set_state_restores_trainable_set_rate_and_steps_at_fit():
     x, y, fresh_model, fresh_backbone, resumed = _resumed_from_state_after_three_epochs()
-    history = fresh_model.fit(
-        x, y, epochs=4, initial_epoch=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), resumed]
-    )
+    with pytest.warns(UserWarning, match="max_epochs=20 but the framework stops after 4"):
+        history = fresh_model.fit(
+            x, y, epochs=4, initial_epoch=3, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), resumed]
+        )
     assert [fresh_backbone.get_layer(f"conv{i}").trainable for i in range(3)] == [
         False,
         False,
@@ -186,13 +194,13 @@ def test_set_state_restores_trainable_set_rate_and_steps_at_fit():
 def test_set_state_needs_fit_to_start_at_the_saved_epoch():
     x, y, fresh_model, _, resumed = _resumed_from_state_after_three_epochs()
     with pytest.raises(ResumeMismatchError, match="pass initial_epoch=3 to fit"):
-        fresh_model.fit(x, y, epochs=4, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), resumed])
+        fresh_model.fit(x, y, epochs=20, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), resumed])
 
 
 def test_restore_without_the_snapshot_warns_and_keeps_the_weights():
     x, y, fresh_model, fresh_backbone, resumed = _resumed_from_state_after_three_epochs()
     recorder = WeightRecorder()
-    with pytest.warns(UserWarning, match="best weights of epoch 2 are not in memory"):
+    with pytest.warns(UserWarning) as caught:
         fresh_model.fit(
             x,
             y,
@@ -201,6 +209,7 @@ def test_restore_without_the_snapshot_warns_and_keeps_the_weights():
             verbose=0,
             callbacks=[ScriptedMonitor([*SCRIPT[:3], 0.99]), recorder, resumed],
         )
+    assert any("best weights of epoch 2 are not in memory" in str(w.message) for w in caught)
     unfreeze, end = resumed.scheduler.history[-2:]
     assert unfreeze.newly_unfrozen == (1,) and end.external_stop
     final = weights_of(fresh_model)
@@ -218,11 +227,12 @@ def test_a_stopped_callback_refuses_a_second_fit():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
 
 
-def test_backup_and_restore_listed_first_is_refused_at_the_first_epoch_end(tmp_path):
+def test_backup_and_restore_listed_first_is_refused_at_train_begin(tmp_path):
     model, backbone = tiny_model()
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
     x, y = tiny_data()
     cb = DynamicFineTuning(backbone, backup_dir=tmp_path, **KWARGS)
     callbacks = [ScriptedMonitor(SCRIPT), keras.callbacks.BackupAndRestore(tmp_path), cb]
-    with pytest.raises(RuntimeError, match="list DynamicFineTuning before BackupAndRestore"):
+    with pytest.raises(RuntimeError, match="BackupAndRestore is listed before DynamicFineTuning"):
         model.fit(x, y, batch_size=8, epochs=20, verbose=0, callbacks=callbacks)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing was saved
