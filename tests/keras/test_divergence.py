@@ -1,4 +1,5 @@
-"""A non-finite epoch: rolled back before the next epoch, optimizer state reset, loud without a best."""
+"""A non-finite epoch: rolled back before the next epoch with a fresh optimizer state; loud
+when there is no best to roll back to."""
 
 from __future__ import annotations
 

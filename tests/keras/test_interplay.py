@@ -157,9 +157,8 @@ def test_the_decay_survives_a_learning_rate_scheduler_setting_the_rate_each_epoc
     # the rate before that epoch's decision, dynft after).
     base = [LR * 0.9**epoch for epoch in range(5)]
     before = [1, *FACTOR[:4]]
-    np.testing.assert_allclose(
-        history.history["learning_rate"], [b * f for b, f in zip(base, before)], rtol=1e-5
-    )
+    logged = [b * f for b, f in zip(base, before, strict=True)]
+    np.testing.assert_allclose(history.history["learning_rate"], logged, rtol=1e-5)
     np.testing.assert_allclose(
         history.history["lr"], [b * f for b, f in zip(base, FACTOR, strict=False)], rtol=1e-5
     )
