@@ -1,7 +1,7 @@
 """Splitting a Keras backbone into the ordered groups that the scheduler unfreezes.
 
 Groups are ordered from the input (index 0) to the head (index ``L - 1``),
-matching :class:`dynft_core.UnfreezeScheduler`. BatchNormalization layers are
+matching [`UnfreezeScheduler`][dynft_core.UnfreezeScheduler]. BatchNormalization layers are
 never part of a group: they stay frozen for the whole run.
 """
 
@@ -197,8 +197,8 @@ def resolve_groups(
             model or flattened into it) or a list of its layers.
         groups: ``"layers"`` (one group per layer owning trainable weights,
             BatchNormalization excluded), ``"blocks"`` (see
-            :func:`block_groups`), or an explicit list of lists of layers or
-            layer names, shallowest group first.
+            [`block_groups`][dynft_keras.groups.block_groups]), or an explicit list of lists
+            of layers or layer names, shallowest group first.
 
     Returns:
         The groups, index 0 next to the input.
