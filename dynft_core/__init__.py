@@ -1,8 +1,9 @@
 """dynft_core: the framework-free decision logic of validation-driven dynamic fine-tuning.
 
-Every decision of Algorithm 1 (Huynh & Truong) is taken here, and :func:`carry_out` fixes the
-order in which an adapter carries it out; the framework adapters (``dynft_keras``,
-``dynft_torch``) only implement the :class:`FineTuningActions`.
+Every decision of Algorithm 1 (Huynh & Truong) is taken here, and
+[`carry_out()`][dynft_core.carry_out] fixes the order in which an adapter carries it out; the
+framework adapters (``dynft_keras``, ``dynft_torch``) only implement the
+[`FineTuningActions`][dynft_core.FineTuningActions].
 """
 
 from .config import FineTuneConfig

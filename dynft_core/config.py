@@ -118,7 +118,7 @@ class FineTuneConfig:
         return self.max_epochs
 
     def scheduler(self, num_groups: int, max_epochs: int | None) -> UnfreezeScheduler:
-        """A fresh :class:`UnfreezeScheduler` for ``num_groups`` groups and this budget."""
+        """A fresh [`UnfreezeScheduler`][dynft_core.UnfreezeScheduler] for ``num_groups`` groups."""
         return UnfreezeScheduler(
             num_groups,
             patience=self.patience,
@@ -136,7 +136,7 @@ class FineTuneConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FineTuneConfig:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of [`to_dict()`][dynft_core.FineTuneConfig.to_dict].
 
         Raises:
             TypeError / ValueError: An unknown or invalid field.

@@ -12,14 +12,14 @@ from typing import Any
 class Decision:
     """What a framework adapter must do after the epoch that was just validated.
 
-    Adapters do not apply the fields themselves: :func:`dynft_core.carry_out` calls their
+    Adapters do not apply the fields themselves: [`carry_out()`][dynft_core.carry_out] calls their
     actions in the one order that is right: snapshot if ``improved``, make the
     ``newly_unfrozen`` groups trainable, multiply the learning rate by ``lr_factor``, load the
     best snapshot if ``restore_best``, end training if ``stop``.
 
     Attributes:
         epoch: 1-based index of the epoch just finished (for a decision of
-            :meth:`~dynft_core.UnfreezeScheduler.finish`, the last epoch stepped).
+            [`finish()`][dynft_core.UnfreezeScheduler.finish], the last epoch stepped).
         value: The monitored value passed to ``step`` as a ``float`` (may be
             NaN). Not compared by ``==``; ``reason`` carries it.
         improved: The value is a new best; the caller must snapshot the model now.
@@ -36,7 +36,7 @@ class Decision:
         diverged: The value was not finite: the weights (and optimizer state) of this epoch
             must not be trusted; a restore then also clears non-finite optimizer state.
         external_stop: The decision closes a run that something else ended
-            (:meth:`~dynft_core.UnfreezeScheduler.finish`); no epoch was counted for it.
+            ([`finish()`][dynft_core.UnfreezeScheduler.finish]); no epoch was counted for it.
     """
 
     epoch: int

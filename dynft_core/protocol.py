@@ -1,8 +1,9 @@
-"""The one order in which a :class:`Decision` is carried out, and what an adapter provides.
+"""The one order in which a [`Decision`][dynft_core.Decision] is carried out.
 
-Adapters (Keras, PyTorch, Lightning, Hugging Face) implement :class:`FineTuningActions` for their
-framework and hand every decision to :func:`carry_out`; none of them re-derives the order, so a
-fix here reaches all of them.
+Adapters (Keras, PyTorch, Lightning, Hugging Face) implement
+[`FineTuningActions`][dynft_core.FineTuningActions] for their framework and hand every decision to
+[`carry_out()`][dynft_core.carry_out]; none of them re-derives the order, so a fix here reaches all
+of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .decision import Decision
 
 
 class FineTuningActions(Protocol):
-    """What a framework adapter must be able to do; :func:`carry_out` calls it in order."""
+    """What an adapter must be able to do; [`carry_out()`][dynft_core.carry_out] calls it."""
 
     def capture_best(self) -> None:
         """Snapshot everything that can change (weights, and optimizer state if kept)."""

@@ -49,8 +49,9 @@ class UnfreezeScheduler:
     multiplied by ``1 - decay`` and the best weights restored. A plateau with
     every group unfrozen, or reaching ``max_epochs``, stops training; the final
     model is the best-validation one. When something else ends training (another
-    callback, a framework budget, a loop that simply ends), :meth:`finish` takes
-    the closing decision, so the run still ends on the best weights.
+    callback, a framework budget, a loop that simply ends),
+    [`finish()`][dynft_core.UnfreezeScheduler.finish] takes the closing decision, so the
+    run still ends on the best weights.
 
     A non-finite value (a diverged epoch) is a miss like any other, and the best
     weights are restored right away (``Decision.diverged``), so training never
@@ -64,7 +65,8 @@ class UnfreezeScheduler:
         decay: Learning-rate decay per unfreeze, ``0 <= decay < 1``.
             Defaults to 0.1.
         max_epochs: Epoch budget ``n`` (>= 1), or ``None`` for no budget (training
-            then ends at the final plateau or at :meth:`finish`). Defaults to 100.
+            then ends at the final plateau or at
+            [`finish()`][dynft_core.UnfreezeScheduler.finish]). Defaults to 100.
         min_delta: Minimum change that counts as an improvement (>= 0).
             Defaults to 0.
         mode: ``"min"`` (e.g. a loss, the default) or ``"max"`` (e.g. accuracy).
