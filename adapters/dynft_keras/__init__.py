@@ -1,6 +1,6 @@
 """dynft_keras: dynamic fine-tuning inside a plain Keras 3 ``model.fit``.
 
-Every decision comes from [`dynft_core`][dynft_core]; this package only carries them out on a
+Every decision comes from ``dynft_core``; this package only carries them out on a
 Keras model, on the TensorFlow, torch and JAX backends.
 """
 

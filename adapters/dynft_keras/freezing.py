@@ -30,12 +30,12 @@ def apply_trainable(
     Layers outside the backbone (the head) are left as they are.
 
     Args:
-        backbone: The pretrained part (see [`as_backbone`][dynft_keras.backbone.as_backbone]).
+        backbone: The pretrained part (see [`as_backbone`][dynft_keras.as_backbone]).
         groups: The resolved groups, index 0 next to the input.
         num_unfrozen: How many of the deepest groups to make trainable
             (``0 <= num_unfrozen <= len(groups)``).
         batch_norm: Per group, the BatchNormalization layers that train with it
-            ([`attached_batch_norm`][dynft_keras.groups.attached_batch_norm]); ``None``
+            (``attached_batch_norm``); ``None``
             keeps every one frozen.
 
     Raises:

@@ -197,7 +197,7 @@ def resolve_groups(
             model or flattened into it) or a list of its layers.
         groups: ``"layers"`` (one group per layer owning trainable weights,
             BatchNormalization excluded), ``"blocks"`` (see
-            [`block_groups`][dynft_keras.groups.block_groups]), or an explicit list of lists
+            ``block_groups``), or an explicit list of lists
             of layers or layer names, shallowest group first.
 
     Returns:
@@ -205,8 +205,8 @@ def resolve_groups(
 
     Raises:
         ValueError: Unknown mode, or the backbone yields no group (see also
-            [`explicit_groups`][dynft_keras.groups.explicit_groups] and
-            [`block_groups`][dynft_keras.groups.block_groups]).
+            ``explicit_groups`` and
+            ``block_groups``).
     """
     backbone = as_backbone(backbone)
     if isinstance(groups, str):

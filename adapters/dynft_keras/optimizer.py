@@ -12,7 +12,7 @@ optimizer's class and configuration become a template:
   and step count, as a fresh optimizer on those variables would have.
 
 Each instance runs the user's own update rule, so any Keras optimizer works exactly, at a
-learning rate of ``ratio x factor x base`` ([`GroupRate`][dynft_keras.rates.GroupRate]).
+learning rate of ``ratio x factor x base`` ([`GroupRate`][dynft_keras.GroupRate]).
 """
 
 from __future__ import annotations

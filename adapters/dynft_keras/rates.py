@@ -37,7 +37,7 @@ def serialize_learning_rate(learning_rate: LearningRate | None) -> Any:
 
 
 def deserialize_learning_rate(data: Any) -> LearningRate | None:
-    """Inverse of [`serialize_learning_rate`][dynft_keras.rates.serialize_learning_rate].
+    """Inverse of ``serialize_learning_rate``.
 
     Raises:
         ValueError: ``data`` is neither ``None``, a positive finite number nor a serialized

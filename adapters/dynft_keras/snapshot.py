@@ -70,7 +70,8 @@ class WeightSnapshot:
         """Replace the snapshot with the current values of ``variables``.
 
         Args:
-            variables: What to copy, usually [`changeable_variables`][dynft_keras.changeable_variables].
+            variables: What to copy, usually
+                [`changeable_variables`][dynft_keras.changeable_variables].
             epoch: The epoch being recorded (1-based).
         """
         self._entries = {id(v): (v, _host_copy(v)) for v in variables}

@@ -29,6 +29,9 @@ from dynft_core import ResumeMismatchError
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS, METADATA = "latest.weights.h5", "training_metadata.json"
+# Every kill costs a process start with Keras imported: JAX runs one per kind of write point
+# (the full set runs on TensorFlow and torch).
+NOT_ON_JAX = pytest.mark.skipif(BACKEND == "jax", reason="this kill point runs on TF and torch")
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +70,10 @@ def _assert_same_as(reference, model, cb):
     [
         ("epoch", 5),  # between epochs
         ("dynft-torn", 6),  # during dynft's write of epoch 5
-        ("dynft-unrenamed", 6),  # between writing and renaming it
+        pytest.param("dynft-unrenamed", 6, marks=NOT_ON_JAX),  # between writing and renaming
         ("after-dynft", 6),  # between dynft's write and BackupAndRestore's
-        ("bar-torn", 5),  # during BackupAndRestore's weights (its double_checkpoint falls back)
+        # during BackupAndRestore's weights (its double_checkpoint falls back)
+        pytest.param("bar-torn", 5, marks=NOT_ON_JAX),
     ],
 )
 def test_resume_after_the_kill_repeats_the_uninterrupted_run(tmp_path, reference, point, n):
@@ -98,6 +102,7 @@ def test_kill_between_backup_and_restores_two_writes_is_refused_and_recoverable(
     _assert_same_as(reference, model, cb)
 
 
+@NOT_ON_JAX
 def test_double_checkpoint_fallback_to_an_older_epoch_is_refused_then_resumes(tmp_path, reference):
     _kill(tmp_path, "epoch", 5)
     (tmp_path / WEIGHTS).write_bytes(b"damaged")  # BackupAndRestore falls back to epoch 4
@@ -111,6 +116,7 @@ def test_double_checkpoint_fallback_to_an_older_epoch_is_refused_then_resumes(tm
     _assert_same_as(reference, model, cb)
 
 
+@NOT_ON_JAX
 def test_backup_and_restore_files_gone_is_refused(tmp_path):
     _kill(tmp_path, "epoch", 5)
     for name in (WEIGHTS, METADATA, WEIGHTS + ".bkp", METADATA + ".bkp"):
