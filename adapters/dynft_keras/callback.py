@@ -198,6 +198,9 @@ class DynamicFineTuning(KerasActions, keras.callbacks.Callback):
         self.backbone.check_in(model)
         if getattr(model, "optimizer", None) is None:
             raise ValueError("compile the model before fit: DynamicFineTuning needs its optimizer")
+        neighbours = callbacks_of_this_fit(self)
+        if neighbours is not None:
+            check_order(self, neighbours, self.backup_dir)
         if self.backup_dir is not None:
             self._load_backup()
             scheduler = self.scheduler
@@ -211,10 +214,14 @@ class DynamicFineTuning(KerasActions, keras.callbacks.Callback):
             self.scheduler = self.config.scheduler(len(groups), self.config.budget(epochs))
         else:
             dataclasses.replace(self.config, max_epochs=scheduler.max_epochs).budget(epochs)
+        if self._expected is None and scheduler.epoch > 0:  # fit raised, the callback goes on
+            self._expected = resume.Expected(
+                scheduler.epoch, None, "fit(initial_epoch=...)",
+                f"pass initial_epoch={scheduler.epoch} to fit to go on with this callback, or "
+                "create a new one to start over",
+            )  # fmt: skip
         self._install_optimizer()
-        neighbours = callbacks_of_this_fit(self)
         if neighbours is not None:
-            check_order(self, neighbours, self.backup_dir)
             assert self._optimizer is not None
             self._schedulers = follow_schedulers(neighbours, self._optimizer)
         warn_zero_gamma(self.backbone, self._batch_norm)

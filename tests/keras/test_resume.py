@@ -236,3 +236,19 @@ def test_backup_and_restore_listed_first_is_refused_at_train_begin(tmp_path):
     with pytest.raises(RuntimeError, match="BackupAndRestore is listed before DynamicFineTuning"):
         model.fit(x, y, batch_size=8, epochs=20, verbose=0, callbacks=callbacks)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing was saved
+
+
+def test_a_callback_whose_fit_raised_goes_on_from_its_epoch():
+    model, backbone = tiny_model()
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
+    x, y = tiny_data()
+    cb = DynamicFineTuning(backbone, **KWARGS)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(x, y, epochs=20, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb, Interrupt(4)])
+    with pytest.raises(ResumeMismatchError, match="pass initial_epoch=4 to fit to go on"):
+        model.fit(x, y, epochs=20, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
+    optimizer = model.optimizer
+    model.fit(x, y, epochs=20, initial_epoch=4, verbose=0, callbacks=[ScriptedMonitor(SCRIPT), cb])
+    assert model.optimizer is optimizer  # its state went on, as in one fit
+    assert [d.epoch for d in cb.scheduler.history] == list(range(1, 9))
+    assert cb.scheduler.stopped and cb.scheduler.num_unfrozen == 3
