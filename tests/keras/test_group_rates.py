@@ -90,8 +90,11 @@ def test_unfrozen_groups_train_like_their_own_optimizer_at_ratio_x_the_rate():
     assert int(unfrozen.iterations) == 8 and int(optimizer.head.iterations) == 16
 
 
-def test_global_clipnorm_spans_every_group_as_in_one_optimizer():
-    clip = {"global_clipnorm": 0.05}
+@pytest.mark.parametrize(
+    "clip", [{"global_clipnorm": 0.05}, {"clipnorm": 0.01}, {"clipvalue": 0.002}], ids=str
+)
+def test_gradient_clipping_acts_as_in_one_optimizer(clip):
+    # SGD keeps no state, so one optimizer over every variable is the exact reference.
     model, _ = _dynft_run(keras.optimizers.SGD(LR * 10, **clip), 1.0)
     reference = weights_of(
         _reference_run(

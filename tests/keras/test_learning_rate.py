@@ -150,3 +150,27 @@ def test_optimizers_that_cannot_be_split_per_group_are_refused_at_train_begin(op
     x, y = tiny_data(count=8)
     with pytest.raises(TypeError, match=message):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[DynamicFineTuning(backbone, verbose=0)])
+
+
+def test_replacing_the_optimizer_during_fit_is_refused():
+    class Replace(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.optimizer = keras.optimizers.SGD(0.1)
+
+    model, backbone = tiny_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    cb = DynamicFineTuning(backbone, verbose=0)
+    callbacks = [ScriptedMonitor([1.0, 0.9, 0.8]), Replace(), cb]
+    with pytest.raises(RuntimeError, match="model.optimizer was replaced during fit"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=callbacks)
+
+
+def test_a_head_without_trainable_weights_is_refused():
+    model, backbone = tiny_model()
+    model.get_layer("head").trainable = False
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    with pytest.raises(ValueError, match="has no trainable weights: nothing would train"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[DynamicFineTuning(backbone, verbose=0)])
