@@ -286,7 +286,8 @@ class FineTuningOptimizer(keras.optimizers.Optimizer):
             fresh = self._template.instantiate(owner._learning_rate, bool(self._clip_globally))
             fresh.build(list(owner._trainable_variables))
             for variable, initial in zip(owner.variables, fresh.variables, strict=True):
-                variable.assign(initial)
+                # A host copy: on JAX two variables sharing one buffer break the donated step.
+                variable.assign(keras.ops.convert_to_numpy(initial))
             self._align_phase(owner)
         self.sync_moving_averages()
 
@@ -312,7 +313,9 @@ def _sync_averages(optimizer: keras.optimizers.Optimizer) -> None:
             optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True
         ):
             if average is not None:
-                average.assign(variable)
+                # A copy: on JAX an average sharing its variable's buffer breaks the donated
+                # train step ("donate the same buffer twice").
+                average.assign(keras.ops.copy(variable.value))
 
 
 def _clip_by_global_norm(grads: list[Any], clip_norm: float) -> list[Any]:

@@ -153,10 +153,9 @@ def test_optimizers_that_cannot_be_split_per_group_are_refused_at_train_begin(op
 
 
 def test_replacing_the_optimizer_during_fit_is_refused():
-    class Replace(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                self.model.optimizer = keras.optimizers.SGD(0.1)
+    class Replace(keras.callbacks.Callback):  # listed before dynft, after epoch 1
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer = keras.optimizers.SGD(0.1)
 
     model, backbone = tiny_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy")
