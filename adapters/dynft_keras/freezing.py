@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
-from .groups import is_batch_norm, iter_units
+from .backbone import Backbone, BackboneSpec, as_backbone
+from .groups import is_batch_norm
+
+Groups = Sequence[Sequence[keras.layers.Layer]]
 
 
 def apply_trainable(
-    backbone: keras.layers.Layer,
-    groups: Sequence[Sequence[keras.layers.Layer]],
+    backbone: BackboneSpec | Backbone,
+    groups: Groups,
     num_unfrozen: int,
+    batch_norm: Groups | None = None,
 ) -> None:
     """Make exactly the ``num_unfrozen`` deepest groups of ``backbone`` trainable.
 
     Every other backbone layer is frozen, including layers that belong to no
     group. Every BatchNormalization layer of the backbone is set to
     ``trainable=False``, which in Keras 3 also runs it in inference mode (moving
-    statistics are used and never updated), even inside an unfrozen group.
+    statistics are used and never updated), even inside an unfrozen group, unless it is
+    listed for that group in ``batch_norm`` (``train_batchnorm=True``).
     Layers outside the backbone (the head) are left as they are.
 
     Args:
-        backbone: The pretrained sub-model.
+        backbone: The pretrained part (see [`as_backbone`][dynft_keras.as_backbone]).
         groups: The resolved groups, index 0 next to the input.
         num_unfrozen: How many of the deepest groups to make trainable
             (``0 <= num_unfrozen <= len(groups)``).
+        batch_norm: Per group, the BatchNormalization layers that train with it
+            (``attached_batch_norm``); ``None``
+            keeps every one frozen.
 
     Raises:
         ValueError: ``num_unfrozen`` is out of range.
@@ -36,18 +46,21 @@ def apply_trainable(
             f"num_unfrozen must be between 0 and {len(groups)} (the number of groups), "
             f"got {num_unfrozen}"
         )
-    # The backbone and the nested models inside it must stay trainable: a
-    # frozen container hides the variables of every layer below it.
-    _set_trainable(backbone, True)
-    for unit in iter_units(backbone):
+    backbone = as_backbone(backbone)
+    for container in backbone.containers:
+        _set_trainable(container, True)
+    for unit in backbone.units:
         _set_trainable(unit, False)
-    for group in groups[len(groups) - num_unfrozen :]:
+    first = len(groups) - num_unfrozen
+    for group in groups[first:]:
         for layer in group:
             _set_trainable(layer, True)
     # Setting trainable=True recurses into sublayers, so BN is frozen last.
-    for layer in backbone._flatten_layers(include_self=True):
-        if is_batch_norm(layer):
-            _set_trainable(layer, False)
+    training_bn = {id(bn) for per_group in (batch_norm or [])[first:] for bn in per_group}
+    for unit in backbone.units:
+        for layer in unit._flatten_layers(include_self=True):
+            if is_batch_norm(layer):
+                _set_trainable(layer, id(layer) in training_bn)
 
 
 def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
@@ -57,11 +70,50 @@ def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
     type(layer).trainable.fset(layer, value)
 
 
-def group_variables(group: Sequence[keras.layers.Layer]) -> list[keras.Variable]:
-    """The weights of a group's layers that training may change (BatchNormalization excluded)."""
-    variables: list[keras.Variable] = []
-    for layer in group:
+def group_variables(
+    group: Sequence[keras.layers.Layer], batch_norm: Sequence[keras.layers.Layer] = ()
+) -> list[keras.Variable]:
+    """The weights of a group's layers that training may change.
+
+    BatchNormalization layers are left out unless listed in ``batch_norm`` (they then bring
+    their gamma and beta).
+    """
+    variables: dict[int, keras.Variable] = {}
+    training_bn = {id(bn) for bn in batch_norm}
+    for layer in list(group) + list(batch_norm):
         for sub in layer._flatten_layers(include_self=True):
-            if not is_batch_norm(sub):
-                variables.extend(sub._trainable_variables)
-    return variables
+            if not is_batch_norm(sub) or id(sub) in training_bn:
+                variables.update((id(v), v) for v in sub._trainable_variables)
+    return list(variables.values())
+
+
+def batch_norm_state(batch_norm: Sequence[keras.layers.Layer]) -> list[keras.Variable]:
+    """Every variable of ``batch_norm`` layers, moving statistics included."""
+    return [v for layer in batch_norm for v in layer.weights]
+
+
+def warn_zero_gamma(backbone: Backbone, trained: Groups) -> None:
+    """Warn about frozen BatchNormalization layers whose gamma is all zero.
+
+    Such a layer (a zero-initialised residual branch, a random init) outputs its beta only,
+    so the branch it closes contributes nothing for the whole run.
+    """
+    training = {id(bn) for per_group in trained for bn in per_group}
+    blocked = [
+        layer.name
+        for unit in backbone.units
+        for layer in unit._flatten_layers(include_self=True)
+        if is_batch_norm(layer)
+        and id(layer) not in training
+        and layer.gamma is not None
+        and not np.any(keras.ops.convert_to_numpy(layer.gamma))
+    ]
+    if blocked:
+        warnings.warn(
+            f"dynft: the frozen BatchNormalization layer(s) {blocked[:5]}"
+            f"{' ...' if len(blocked) > 5 else ''} ({len(blocked)} in all) have gamma = 0, "
+            "so their branches output a constant for the whole run; load pretrained "
+            "weights or pass train_batchnorm=True",
+            UserWarning,
+            stacklevel=3,
+        )

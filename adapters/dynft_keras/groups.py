@@ -1,17 +1,19 @@
 """Splitting a Keras backbone into the ordered groups that the scheduler unfreezes.
 
 Groups are ordered from the input (index 0) to the head (index ``L - 1``),
-matching :class:`dynft_core.UnfreezeScheduler`. BatchNormalization layers are
+matching [`UnfreezeScheduler`][dynft_core.UnfreezeScheduler]. BatchNormalization layers are
 never part of a group: they stay frozen for the whole run.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
+
+from .backbone import Backbone, BackboneSpec, as_backbone
 
 GROUP_MODES = ("layers", "blocks")
 
@@ -45,29 +47,16 @@ def owns_trainable_weights(layer: keras.layers.Layer) -> bool:
     return any(sub._trainable_variables for sub in layer._flatten_layers(include_self=True))
 
 
-def iter_units(backbone: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Yield the backbone's layers in input-to-output order, descending into nested models.
-
-    A nested ``keras.Model`` is expanded into its own layers; any other layer
-    (including composite layers such as attention blocks) is one unit.
-    """
-    for layer in backbone.layers if isinstance(backbone, keras.Model) else [backbone]:
-        if isinstance(layer, keras.Model):
-            yield from iter_units(layer)
-        else:
-            yield layer
-
-
 def _unfreezable(layer: keras.layers.Layer) -> bool:
     return owns_trainable_weights(layer) and not is_batch_norm(layer)
 
 
-def layer_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]:
+def layer_groups(backbone: Backbone) -> list[list[keras.layers.Layer]]:
     """One group per backbone layer owning trainable weights (BatchNormalization excluded).
 
     This is what the paper's layer counts mean.
     """
-    return [[layer] for layer in iter_units(backbone) if _unfreezable(layer)]
+    return [[layer] for layer in backbone.units if _unfreezable(layer)]
 
 
 def _block_key(name: str) -> str | None:
@@ -78,7 +67,7 @@ def _block_key(name: str) -> str | None:
     return None
 
 
-def block_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]:
+def block_groups(backbone: Backbone) -> list[list[keras.layers.Layer]]:
     """Group consecutive layers by the block names of the keras.applications families.
 
     Rules, applied to the layers in input-to-output order:
@@ -99,7 +88,7 @@ def block_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]
     Raises:
         ValueError: No layer of ``backbone`` carries a known block name.
     """
-    units = list(iter_units(backbone))
+    units = list(backbone.units)
     keys: list[str | None] = [_block_key(layer.name) for layer in units]
     if any(BLOCK_BOUNDARY.match(layer.name) for layer in units):
         pending: list[int] = []
@@ -141,7 +130,7 @@ def block_groups(backbone: keras.layers.Layer) -> list[list[keras.layers.Layer]]
 
 
 def explicit_groups(
-    backbone: keras.layers.Layer, spec: Sequence[Sequence[Any]]
+    backbone: Backbone, spec: Sequence[Sequence[Any]]
 ) -> list[list[keras.layers.Layer]]:
     """Resolve a list of groups given as layers or layer names of ``backbone``.
 
@@ -152,9 +141,10 @@ def explicit_groups(
     """
     by_name: dict[str, keras.layers.Layer] = {}
     members: set[int] = set()
-    for layer in backbone._flatten_layers(include_self=False):
-        by_name.setdefault(layer.name, layer)
-        members.add(id(layer))
+    for root in backbone.containers + backbone.units:
+        for layer in root._flatten_layers(include_self=True):
+            by_name.setdefault(layer.name, layer)
+            members.add(id(layer))
     resolved: list[list[keras.layers.Layer]] = []
     owner: dict[int, int] = {}
     for group_index, group in enumerate(spec):
@@ -198,24 +188,27 @@ def explicit_groups(
 
 
 def resolve_groups(
-    backbone: keras.layers.Layer, groups: GroupSpec
+    backbone: BackboneSpec | Backbone, groups: GroupSpec
 ) -> list[list[keras.layers.Layer]]:
     """Turn a ``groups`` argument into ordered lists of backbone layers.
 
     Args:
-        backbone: The pretrained part of the model (a layer or nested model).
+        backbone: The pretrained part of the model: a layer or model (nested in the fitted
+            model or flattened into it) or a list of its layers.
         groups: ``"layers"`` (one group per layer owning trainable weights,
             BatchNormalization excluded), ``"blocks"`` (see
-            :func:`block_groups`), or an explicit list of lists of layers or
-            layer names, shallowest group first.
+            ``block_groups``), or an explicit list of lists
+            of layers or layer names, shallowest group first.
 
     Returns:
         The groups, index 0 next to the input.
 
     Raises:
         ValueError: Unknown mode, or the backbone yields no group (see also
-            :func:`explicit_groups` and :func:`block_groups`).
+            ``explicit_groups`` and
+            ``block_groups``).
     """
+    backbone = as_backbone(backbone)
     if isinstance(groups, str):
         if groups == "layers":
             resolved = layer_groups(backbone)
@@ -234,10 +227,35 @@ def resolve_groups(
     return explicit_groups(backbone, groups)
 
 
-def check_backbone_in_model(model: keras.Model, backbone: keras.layers.Layer) -> None:
-    """Raise ``ValueError`` unless ``backbone`` is a sublayer of ``model``."""
-    if not any(layer is backbone for layer in model._flatten_layers(include_self=False)):
-        raise ValueError(
-            f"backbone {backbone.name!r} is not a layer of model {model.name!r}; pass the "
-            "pretrained sub-model that the fitted model contains"
-        )
+def attached_batch_norm(
+    backbone: Backbone, groups: Sequence[Sequence[keras.layers.Layer]]
+) -> list[list[keras.layers.Layer]]:
+    """The BatchNormalization layers that train with each group when ``train_batchnorm=True``.
+
+    A BatchNormalization belongs to the group of the closest layer owning weights before it
+    (the convolution it normalises), or to the group holding it as a sublayer. One after a
+    layer outside every group, or before any weighted layer, belongs to none and stays frozen.
+    """
+    owner: dict[int, int] = {}
+    for index, group in enumerate(groups):
+        for layer in group:
+            for sub in layer._flatten_layers(include_self=True):
+                owner.setdefault(id(sub), index)
+    attached: list[list[keras.layers.Layer]] = [[] for _ in groups]
+    seen: set[int] = set()
+    last: int | None = None
+    for unit in backbone.units:
+        if is_batch_norm(unit):
+            index = owner.get(id(unit), last)
+            if index is not None:
+                attached[index].append(unit)
+                seen.add(id(unit))
+        elif owns_trainable_weights(unit):
+            last = owner.get(id(unit))
+    for index, group in enumerate(groups):
+        for layer in group:
+            for sub in layer._flatten_layers(include_self=True):
+                if is_batch_norm(sub) and id(sub) not in seen:
+                    attached[index].append(sub)
+                    seen.add(id(sub))
+    return attached

@@ -70,7 +70,8 @@ class WeightSnapshot:
         """Replace the snapshot with the current values of ``variables``.
 
         Args:
-            variables: What to copy, usually :func:`changeable_variables`.
+            variables: What to copy, usually
+                [`changeable_variables`][dynft_keras.changeable_variables].
             epoch: The epoch being recorded (1-based).
         """
         self._entries = {id(v): (v, _host_copy(v)) for v in variables}
@@ -115,7 +116,7 @@ class WeightSnapshot:
         return arrays
 
     def load_arrays(self, model: keras.Model, arrays: dict[str, np.ndarray], epoch: int) -> None:
-        """Inverse of :meth:`to_arrays` for an identically built model.
+        """Inverse of [`to_arrays`][dynft_keras.WeightSnapshot.to_arrays] for the same architecture.
 
         Raises:
             ValueError: A position is out of range or a shape does not match.

@@ -75,13 +75,15 @@ class ScriptedMonitor(keras.callbacks.Callback):
 class WeightRecorder(keras.callbacks.Callback):
     """Records every model weight (numpy copies keyed by path) at each epoch end.
 
-    ``at_begin`` holds the values at train begin (after the callbacks listed
-    before it ran their ``on_train_begin``).
+    ``at_begin`` holds the values at train begin and ``epoch_begins`` those at each epoch
+    begin (after the callbacks listed before it ran theirs: DynamicFineTuning carries out a
+    restore when the next epoch begins).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.at_begin: dict[str, np.ndarray] = {}
+        self.epoch_begins: list[dict[str, np.ndarray]] = []
         self.epochs: list[dict[str, np.ndarray]] = []
 
     def _copy(self) -> dict[str, np.ndarray]:
@@ -92,6 +94,9 @@ class WeightRecorder(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.at_begin = self._copy()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_begins.append(self._copy())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epochs.append(self._copy())

@@ -1,11 +1,12 @@
-"""Learning-rate schedules, the logs written for other callbacks, and the monitor check."""
+"""Learning-rate schedules, the logs written for other callbacks, the monitor and its mode,
+and the optimizers that cannot be split per group."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-from dynft_keras import DynamicFineTuning, ScaledSchedule
+from dynft_keras import DynamicFineTuning
 from keras_helpers import ScriptedMonitor, tiny_data, tiny_model
 
 
@@ -36,23 +37,13 @@ def test_schedule_is_scaled_and_continues_across_unfreezes():
         0.25 * _schedule(20),
     ]
     np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-5)
-    live = model.optimizer.get_config()["learning_rate"]
-    restored = keras.optimizers.schedules.deserialize(live)
-    assert isinstance(restored, ScaledSchedule)
-    assert (restored.factor, restored.step_offset) == (0.25, 16)
-
-
-def test_scaled_schedule_round_trips_through_its_config():
-    inner = keras.optimizers.schedules.PiecewiseConstantDecay([10], [1.0, 0.5])
-    scaled = ScaledSchedule(inner, factor=0.9, step_offset=8)
-    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(scaled))
-    for step in (0, 2, 3, 5):
-        assert float(keras.ops.convert_to_numpy(again(step))) == pytest.approx(
-            float(keras.ops.convert_to_numpy(scaled(step)))
-        )
-    # The inner schedule drops after step 10, i.e. after outer step 2.
-    assert float(keras.ops.convert_to_numpy(scaled(2))) == pytest.approx(0.9)
-    assert float(keras.ops.convert_to_numpy(scaled(3))) == pytest.approx(0.45)
+    # One clock for every group: the schedule is the user's, evaluated at the model's steps.
+    optimizer = model.optimizer
+    assert optimizer._learning_rate is schedule
+    assert int(optimizer.iterations) == 20 and optimizer.rate_factor == pytest.approx(0.25)
+    np.testing.assert_allclose(
+        list(optimizer.learning_rates().values()), [0.25 * _schedule(20)] * 3, rtol=1e-5
+    )
 
 
 def test_logs_reach_csv_logger(tmp_path):
@@ -103,11 +94,12 @@ def test_missing_monitor_lists_the_keys_present():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
 
 
-def test_mode_max_with_a_real_validation_metric():
+@pytest.mark.parametrize("mode", ["auto", "max"])
+def test_accuracy_is_maximised_with_mode_auto_or_max(mode):
     model, backbone = tiny_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     x, y = tiny_data()
-    cb = DynamicFineTuning(backbone, monitor="val_accuracy", mode="max", patience=2, verbose=0)
+    cb = DynamicFineTuning(backbone, monitor="val_accuracy", mode=mode, patience=2, verbose=0)
     history = model.fit(
         x,
         y,
@@ -118,8 +110,17 @@ def test_mode_max_with_a_real_validation_metric():
         callbacks=[cb],
     )
     values = history.history["val_accuracy"]
-    assert [d.value for d in cb.scheduler.history] == pytest.approx(values)
+    assert [d.value for d in cb.scheduler.history if not d.external_stop] == pytest.approx(values)
+    assert cb.scheduler.mode == "max"
     assert cb.scheduler.best == pytest.approx(max(values))
+
+
+class _HiddenSetting(keras.optimizers.SGD):
+    """An SGD with a setting its get_config() does not return."""
+
+    def __init__(self, *args, scale=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = scale
 
 
 @pytest.mark.parametrize(
@@ -130,11 +131,45 @@ def test_mode_max_with_a_real_validation_metric():
             "does not support LossScaleOptimizer",
         ),
         (lambda: keras.optimizers.SGD(lambda: 0.1), "learning_rate is a number or a"),
+        (
+            lambda: keras.optimizers.MultiOptimizer(
+                keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1))
+            ),
+            "holds several optimizers",
+        ),
+        (
+            lambda: keras.optimizers.Adam(0.1, global_clipnorm=1.0, gradient_accumulation_steps=2),
+            "cannot combine global_clipnorm with gradient_accumulation_steps",
+        ),
+        (lambda: _HiddenSetting(0.1, scale=2.0), r"settings that get_config\(\) does not return"),
     ],
 )
-def test_unscalable_optimizers_are_rejected_at_train_begin(optimizer, message):
+def test_optimizers_that_cannot_be_split_per_group_are_refused_at_train_begin(optimizer, message):
     model, backbone = tiny_model()
     model.compile(optimizer=optimizer(), loss="categorical_crossentropy")
     x, y = tiny_data(count=8)
     with pytest.raises(TypeError, match=message):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[DynamicFineTuning(backbone, verbose=0)])
+
+
+def test_replacing_the_optimizer_during_fit_is_refused():
+    class Replace(keras.callbacks.Callback):  # listed before dynft, after epoch 1
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer = keras.optimizers.SGD(0.1)
+
+    model, backbone = tiny_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    cb = DynamicFineTuning(backbone, verbose=0)
+    callbacks = [ScriptedMonitor([1.0, 0.9, 0.8]), Replace(), cb]
+    with pytest.raises(RuntimeError, match="model.optimizer was replaced during fit"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=callbacks)
+
+
+def test_a_head_without_trainable_weights_is_refused():
+    model, backbone = tiny_model()
+    model.get_layer("head").trainable = False
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x, y = tiny_data(count=8)
+    with pytest.raises(ValueError, match="has no trainable weights: nothing would train"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[DynamicFineTuning(backbone, verbose=0)])

@@ -21,7 +21,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from dynft_keras import DynamicFineTuning, WeightSnapshot, changeable_variables, resolve_groups
+from dynft_keras import (
+    DynamicFineTuning,
+    FineTuningOptimizer,
+    WeightSnapshot,
+    changeable_variables,
+    resolve_groups,
+)
 from dynft_keras.freezing import apply_trainable
 from keras_helpers import (
     ScriptedMonitor,
@@ -95,7 +101,14 @@ def test_learning_rate_after_r_unfreezes(scripted_run):
     np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-6)
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert lr == pytest.approx(LR0 * 0.5**3, rel=1e-6)
-    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    rates = model.optimizer.learning_rates()
+    assert list(rates) == ["head", "unfreeze 1", "unfreeze 2", "unfreeze 3"]
+    np.testing.assert_allclose(list(rates.values()), [LR0 * 0.5**3] * 4, rtol=1e-6)
+    assert isinstance(model.optimizer, FineTuningOptimizer)
+    assert all(
+        isinstance(o, keras.optimizers.Adam)
+        for o in (model.optimizer.head, *model.optimizer.group_optimizers)
+    )
 
 
 def test_groups_stay_frozen_until_their_unfreeze(scripted_run):
@@ -125,10 +138,16 @@ def test_batch_norm_statistics_never_change(scripted_run):
             np.testing.assert_array_equal(record[path], initial[path])
 
 
-def test_right_after_an_unfreeze_weights_equal_the_best_snapshot(scripted_run):
+def test_a_rollback_is_in_place_when_the_next_epoch_begins(scripted_run):
     _, _, _, _, _, before, after = scripted_run
     for epoch, best in BEST_BEFORE.items():
-        restored, best_weights = after.epochs[epoch - 1], before.epochs[best - 1]
+        # Callbacks after it still see the weights the epoch trained, under its number ...
+        for path, value in before.epochs[epoch - 1].items():
+            np.testing.assert_array_equal(after.epochs[epoch - 1][path], value, err_msg=path)
+        if epoch == len(SCRIPT):
+            continue  # the last rollback is the end of training (checked below)
+        # ... and the next epoch starts from the best epoch's weights.
+        restored, best_weights = after.epoch_begins[epoch], before.epochs[best - 1]
         for path, value in best_weights.items():
             np.testing.assert_array_equal(restored[path], value, err_msg=f"{path} at {epoch}")
 
