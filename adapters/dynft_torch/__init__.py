@@ -5,6 +5,7 @@ decisions out on a ``torch.nn.Module`` and its optimizer. The Lightning callback
 :mod:`dynft_torch.lightning` (imported on demand, Lightning is optional).
 """
 
+from .feature_cache import FeatureCache
 from .freezing import BatchNormFreezer, backbone_batchnorms
 from .groups import BackboneGroup, resolve_groups
 from .snapshot import WeightSnapshot
@@ -14,6 +15,7 @@ __all__ = [
     "BackboneGroup",
     "BatchNormFreezer",
     "DynamicFineTuner",
+    "FeatureCache",
     "WeightSnapshot",
     "backbone_batchnorms",
     "resolve_groups",

@@ -1,0 +1,342 @@
+"""``FeatureCache``: the frozen part of a Keras backbone computed once per trainable set.
+
+While the deepest groups train, every layer below them is frozen and (with frozen
+BatchNormalization) a fixed function of the input. For un-augmented data (validation, test,
+training samples without random augmentation) its output is computed once, kept in host memory,
+and only the trainable rest runs in later passes. The cache follows the callback's scheduler:
+after an unfreeze it moves the cut and rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from dynft_core.feature_cache import (
+    CacheAction,
+    FeatureCachePolicy,
+    FeatureCacheStats,
+    resolve_limit,
+)
+
+from .frozen_prefix import CutError, FrozenPrefix, check_plan, frozen_then_rest, plan_cut
+
+STORAGE_DTYPES = (None, "float16")
+PROBE_SIZE = 4
+
+
+def _numpy(item: Any) -> Any:
+    if isinstance(item, np.ndarray) or np.isscalar(item) or item is None:
+        return item
+    return keras.ops.convert_to_numpy(item)
+
+
+def _split(batch: Any) -> tuple[np.ndarray, tuple[Any, ...]]:
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise TypeError("a batch is an empty tuple; expected (inputs, ...) or inputs")
+        items = [_numpy(item) for item in batch]
+        return items[0], tuple(items[1:])
+    if isinstance(batch, dict):
+        raise TypeError(
+            "each batch must be model inputs or a tuple (inputs, targets, ...), not a dict"
+        )
+    return _numpy(batch), ()
+
+
+class _Store:
+    """Batches of features and the other batch items, in memory or in a memory-mapped file."""
+
+    def __init__(self, dtype: str | None, directory: Path | None) -> None:
+        self.dtype, self.directory = dtype, directory
+        self.features: list[np.ndarray] = []
+        self.others: list[tuple[Any, ...]] = []
+        self.nbytes = 0
+        self._file: Path | None = None
+        self._handle: Any = None
+        self._shapes: list[tuple[int, ...]] = []
+
+    def append(self, features: np.ndarray, others: tuple[Any, ...]) -> None:
+        kept = features.astype(self.dtype or features.dtype, copy=True)
+        kept.flags.writeable = False
+        others = tuple(np.array(item, copy=True) for item in others)
+        self.others.append(others)
+        self.nbytes += kept.nbytes + sum(item.nbytes for item in others)
+        if self.directory is None:
+            self.features.append(kept)
+            return
+        if self._handle is None:
+            descriptor, name = tempfile.mkstemp(suffix=".features", dir=self.directory)
+            self._file, self._handle = Path(name), os.fdopen(descriptor, "wb")
+        self._handle.write(np.ascontiguousarray(kept).tobytes())
+        self._shapes.append(kept.shape)
+        self._dtype = kept.dtype
+
+    def finish(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.close()
+        self._handle = None
+        flat = np.memmap(self._file, dtype=self._dtype, mode="r")
+        offset = 0
+        for shape in self._shapes:
+            size = int(np.prod(shape))
+            self.features.append(flat[offset : offset + size].reshape(shape))
+            offset += size
+
+    def clear(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self.features, self.others, self._shapes, self.nbytes = [], [], [], 0
+        if self._file is not None:
+            self._file.unlink(missing_ok=True)
+            self._file = None
+
+
+class FeatureCache:
+    """Serves the output of the frozen groups from a cache and runs only the trainable rest.
+
+    Usage (one cache per un-augmented dataset)::
+
+        cache = FeatureCache(callback, val_batches, model=model, max_gb=2)
+        for x, y in cache.batches():            # features at the cut (or inputs, see below)
+            probabilities = cache.model.predict_on_batch(x)
+
+    Read :attr:`model` inside every pass: it is the rest of the model after the current cut, and
+    the cut moves at each unfreeze. The first pass after construction or after an unfreeze
+    builds the features (it costs about one plain forward); later passes serve them. Batches
+    yield the inputs instead, and :attr:`model` is the whole model, when nothing is frozen, when
+    the features do not fit ``max_bytes``/``max_gb`` (one warning), or when no valid cut exists
+    after an unfreeze (one warning). The frozen part always runs in inference mode through the
+    cache, also when it computes instead of serving.
+
+    Args:
+        callback: The :class:`~dynft_keras.DynamicFineTuning` (its ``backbone``, ``groups`` and
+            ``scheduler`` are read; no scheduler yet means nothing unfrozen yet).
+        data: Re-iterable batches of un-augmented inputs, the same every pass: a list of
+            ``(inputs, targets)`` arrays, a ``keras.utils.PyDataset``, a ``tf.data.Dataset``...
+        model: The functional (or Sequential) model holding the backbone. Defaults to
+            ``callback.model`` (set by ``fit``).
+        max_bytes: Memory limit for the stored features (and the other batch items).
+        max_gb: The limit in GiB (give at most one of the two). Default: half the memory
+            available now (of the free disk space with ``directory``).
+        dtype: ``"float16"`` to store half-precision features (served features are then
+            rounded, no longer bit-exact). Defaults to ``None`` (the features' own dtype).
+        directory: Keep the features in a memory-mapped file in this folder (deleted by
+            :meth:`close`). Defaults to ``None`` (memory).
+
+    Raises:
+        TypeError: Bad callback or batch structure, or one-shot ``data``.
+        ValueError: No model, bad limit or dtype, empty data.
+        CutError: The model cannot be cut between its frozen and its trainable part.
+    """
+
+    def __init__(
+        self,
+        callback: Any,
+        data: Iterable[Any],
+        *,
+        model: keras.Model | None = None,
+        max_bytes: int | None = None,
+        max_gb: float | None = None,
+        dtype: str | None = None,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        for attribute in ("backbone", "groups", "scheduler"):
+            if not hasattr(callback, attribute):
+                raise TypeError(
+                    f"callback must be a DynamicFineTuning, got {type(callback).__name__}"
+                )
+        model = model if model is not None else callback.model
+        if model is None:
+            raise ValueError("pass model=: the callback has no model until fit starts")
+        if iter(data) is data:  # type: ignore[comparison-overlap]
+            raise TypeError(
+                "data must be re-iterable (a list of batches, a PyDataset, a tf.data.Dataset), "
+                "not a one-shot iterator or generator: it is read again after every unfreeze"
+            )
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None and not self.directory.is_dir():
+            raise ValueError(f"directory {str(directory)!r} is not an existing folder")
+        self.callback, self.data, self.dtype = callback, data, dtype
+        self.full_model = model
+        self._policy = FeatureCachePolicy(resolve_limit(max_bytes, max_gb, self.directory))
+        first = next(iter(data), None)
+        if first is None:
+            raise ValueError("data yields no batch")
+        self._probe = np.array(_split(first)[0][:PROBE_SIZE], copy=True)
+        self._store = _Store(None, None)
+        self._plan: FrozenPrefix | None = None
+        self._planned_for = -1
+        self._pinned: keras.Model | None = None
+        self._warned: set[str] = set()
+        self._serving_features = False
+        self._build_seconds: list[float] = []
+        self._plan_for(self._num_frozen(), raise_errors=True)
+
+    def _num_frozen(self) -> int:
+        scheduler = self.callback.scheduler
+        return len(self.callback.groups) - (scheduler.num_unfrozen if scheduler else 0)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def _plan_for(self, num_frozen: int, raise_errors: bool) -> None:
+        if num_frozen == self._planned_for:
+            return
+        self._planned_for, self._plan, self._pinned = num_frozen, None, None
+        self._policy.stats.cut = None
+        if not num_frozen:
+            return
+        try:
+            plan = plan_cut(
+                self.full_model, self.callback.backbone, self.callback.groups, num_frozen
+            )
+            if plan is not None:
+                check_plan(plan, self.full_model, self._probe)
+        except CutError as error:
+            if raise_errors:
+                raise
+            self._policy.stats.fallback = str(error)
+            self._warn_once(f"feature cache disabled: {error}")
+            return
+        if plan is None:
+            return
+        if plan.inference_layers:
+            self._warn_once(
+                f"feature cache: layers {plan.inference_layers[:5]} of the frozen part depend on "
+                "training; the cache always runs them in inference mode (frozen means "
+                "inference), while a plain fit of the model runs them in training mode"
+            )
+        self._plan = plan
+        self._policy.stats.cut = plan.cut_name
+
+    def _fingerprint(self) -> str:
+        assert self._plan is not None
+        digest = hashlib.blake2b(digest_size=16)
+        for layer in self._plan.frozen_layers:
+            for variable in layer.weights:
+                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value)))
+        return digest.hexdigest()
+
+    @property
+    def stats(self) -> FeatureCacheStats:
+        """Hit rate, size and time saved: a :class:`~dynft_core.feature_cache.FeatureCacheStats`."""
+        return self._policy.stats
+
+    @property
+    def cut(self) -> str | None:
+        """Name of the layer after which the model is cut now, ``None`` when not cutting."""
+        return self._plan.cut_name if self._plan is not None else None
+
+    @property
+    def model(self) -> keras.Model:
+        """The model to apply to what the current pass of :meth:`batches` yields."""
+        if self._plan is None:
+            return self.full_model
+        if self._serving_features:
+            return self._plan.rest
+        if self._pinned is None:
+            self._pinned = frozen_then_rest(self._plan)
+        return self._pinned
+
+    def batches(self) -> Iterator[tuple[Any, ...]]:
+        """One pass: ``(x, *rest_of_batch)`` per batch, as NumPy arrays.
+
+        ``x`` is the features at the cut (or the inputs, when the cache is not serving); apply
+        :attr:`model` to it. Refreshes first if the trainable set or a frozen weight changed.
+
+        Raises:
+            RuntimeError: The trainable set changed in the middle of the pass.
+        """
+        sync = getattr(self.full_model, "jax_state_sync", None)
+        if callable(sync):  # inside a JAX fit the variables hold the last synced state
+            sync()
+        num_frozen = self._num_frozen()
+        self._plan_for(num_frozen, raise_errors=False)
+        key = (num_frozen, self._fingerprint()) if self._plan is not None else None
+        action = self._policy.begin_pass(key)
+        if action is not CacheAction.SERVE:
+            self._store.clear()
+        self._serving_features = action is not CacheAction.COMPUTE
+        if action is CacheAction.SERVE:
+            for index, features in enumerate(self._store.features):
+                self._check_unchanged(num_frozen)
+                start = time.perf_counter()
+                served = features.astype(self._feature_dtype) if self.dtype else features
+                others = self._store.others[index]
+                self._policy.record_hit(self._build_seconds[index] - (time.perf_counter() - start))
+                yield (served, *others)
+        elif action is CacheAction.BUILD:
+            yield from self._build(num_frozen)
+        else:
+            for batch in self.data:
+                inputs, others = _split(batch)
+                self._policy.record_miss()
+                yield (inputs, *others)
+
+    def _check_unchanged(self, num_frozen: int) -> None:
+        if self._num_frozen() != num_frozen:
+            raise RuntimeError("the trainable set changed during a pass over the feature cache")
+
+    def _build(self, num_frozen: int) -> Iterator[tuple[Any, ...]]:
+        assert self._plan is not None
+        length = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+        self._store = _Store(self.dtype, self.directory)
+        self._build_seconds = []
+        storing = True
+        for batch in self.data:
+            self._check_unchanged(num_frozen)
+            inputs, others = _split(batch)
+            start = time.perf_counter()
+            features = keras.ops.convert_to_numpy(self._plan.prefix.predict_on_batch(inputs))
+            seconds = time.perf_counter() - start
+            self._policy.record_miss(seconds)
+            self._feature_dtype = features.dtype
+            if storing:
+                self._store.append(features, others)
+                self._build_seconds.append(seconds)
+                count = len(self._store.others)
+                projected = self._store.nbytes * (length or count) // count
+                how = f" (projected from {count} of {length} batches)" if length else ""
+                if not self._policy.admits(max(projected, self._store.nbytes), how):
+                    storing = False
+                    self._store.clear()
+            if self.dtype is not None:
+                features = features.astype(self.dtype).astype(features.dtype)
+            yield (features, *others)
+        if storing:
+            self._store.finish()
+            self._policy.end_build(self._store.nbytes)
+
+    def predict(self) -> np.ndarray:
+        """The model's outputs (inference mode) for every sample of ``data``, in order."""
+        outputs = [
+            keras.ops.convert_to_numpy(self.model.predict_on_batch(x)) for x, *_ in self.batches()
+        ]
+        return np.concatenate(outputs)
+
+    def close(self) -> None:
+        """Drop the features (and the file)."""
+        self._store.clear()
+        self._plan, self._planned_for, self._pinned = None, -1, None
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,409 @@
+"""``FeatureCache``: the frozen part of the backbone computed once per trainable set.
+
+While the deepest groups train, everything below them is frozen and (with frozen BatchNorm)
+a fixed function of the input. For un-augmented data (validation, test, training samples that
+are not randomly augmented) its output is computed once, kept, and only the trainable rest runs
+in later passes. The cache follows the tuner: after an unfreeze it moves the cut and rebuilds.
+
+Frozen means inference mode: while the cache exists, every module that runs entirely inside the
+frozen region runs in eval mode (dropout, stochastic depth off), whether a batch is served from
+the cache or computed (also by a plain ``model(x)``), so both give the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.hooks import RemovableHandle
+
+from dynft_core.feature_cache import (
+    CacheAction,
+    FeatureCachePolicy,
+    FeatureCacheStats,
+    resolve_limit,
+)
+
+from .distributed import world_size
+from .feature_store import STORAGES, FeatureStore, placement, tensor_bytes
+from .frozen_prefix import FrozenPrefix, find_cut
+from .frozen_region import CutError, ForwardRecord, frozen_region, record_forward
+
+STORAGE_DTYPES = (None, torch.float16, torch.bfloat16)
+PROBE_SIZE = 4
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+    saved = {module: module.training for module in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, flag in saved.items():
+            module.training = flag
+
+
+def _split(batch: object) -> tuple[torch.Tensor, tuple[object, ...]]:
+    if isinstance(batch, torch.Tensor):
+        return batch, ()
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0], tuple(batch[1:])
+    raise TypeError(
+        "each batch must be a tensor of model inputs or a tuple/list whose first item is that "
+        f"tensor (e.g. (images, labels)), got {type(batch).__name__}"
+    )
+
+
+def _to(item: object, device: torch.device) -> object:
+    return item.to(device, non_blocking=True) if isinstance(item, torch.Tensor) else item
+
+
+class CachedModel(nn.Module):
+    """The model applied to what :meth:`FeatureCache.batches` yields (features or inputs).
+
+    Its parameters, ``train()`` and ``eval()`` are the model's own.
+    """
+
+    def __init__(self, cache: FeatureCache) -> None:
+        super().__init__()
+        self.inner = cache.model_of_tuner
+        object.__setattr__(self, "_cache", cache)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self._cache._forward(x)  # type: ignore[attr-defined]
+
+
+class FeatureCache:
+    """Serves the output of the frozen groups from a cache and runs only the trainable rest.
+
+    Usage (one cache per un-augmented dataset)::
+
+        cache = FeatureCache(tuner, val_loader, max_gb=2)
+        with torch.no_grad():
+            for x, y in cache.batches():        # features at the cut (or inputs, see below)
+                loss += criterion(cache.model(x), y)
+
+    ``cache.model(x)`` equals ``model(inputs)`` bit for bit on deterministic kernels. The first
+    pass after construction or after an unfreeze builds the features (that pass costs one plain
+    forward); later passes serve them. Batches yield inputs instead, and ``cache.model`` runs the
+    whole model, when nothing is frozen, when the features do not fit ``max_bytes``/``max_gb``
+    (one warning), or when no valid cut exists after an unfreeze (one warning).
+
+    Args:
+        tuner: The :class:`~dynft_torch.DynamicFineTuner` (its ``model``, ``groups`` and
+            ``scheduler`` are read).
+        data: Re-iterable batches of un-augmented inputs, the same every pass: a ``DataLoader``
+            without shuffling, a list of ``(inputs, targets)`` ... Tensors are moved to the
+            model's device.
+        max_bytes: Memory limit for the stored features (and the other batch items).
+        max_gb: The limit in GiB (give at most one of the two). Default: half the memory
+            available now (of the free disk space with ``directory``).
+        dtype: Storage dtype, ``torch.float16`` or ``torch.bfloat16`` to halve the memory
+            (served features are then rounded, no longer bit-exact). Defaults to ``None``.
+        directory: Keep the features in a memory-mapped file in this folder (deleted by
+            :meth:`close`). Defaults to ``None`` (memory).
+        storage: ``"host"`` (default) or ``"auto"``: on the model's accelerator when all
+            features fit in a quarter of its free memory.
+
+    Raises:
+        TypeError: ``tuner`` is not a tuner, or ``data`` is a one-shot iterator or has
+            batches of another structure.
+        ValueError: Bad limit, dtype or storage, a shuffling ``DataLoader``, or empty data.
+        CutError: The model cannot be cut between its frozen and its trainable part (skip
+            connections or parallel branches across the cut, groups out of forward order).
+    """
+
+    def __init__(
+        self,
+        tuner: Any,
+        data: Iterable[Any],
+        *,
+        max_bytes: int | None = None,
+        max_gb: float | None = None,
+        dtype: torch.dtype | None = None,
+        directory: str | Path | None = None,
+        storage: str = "host",
+    ) -> None:
+        for attribute in ("model", "groups", "scheduler"):
+            if not hasattr(tuner, attribute):
+                raise TypeError(f"tuner must be a DynamicFineTuner, got {type(tuner).__name__}")
+        if iter(data) is data:  # type: ignore[comparison-overlap]
+            raise TypeError(
+                "data must be re-iterable (a DataLoader, a list of batches ...), not a one-shot "
+                "iterator or generator: it is read again after every unfreeze"
+            )
+        if isinstance(data, DataLoader) and (
+            isinstance(data.sampler, RandomSampler)
+            or isinstance(getattr(data.batch_sampler, "sampler", None), RandomSampler)
+        ):
+            raise ValueError(
+                "data is a shuffling DataLoader; the cache needs the same batches every pass "
+                "(shuffle=False)"
+            )
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None and not self.directory.is_dir():
+            raise ValueError(f"directory {str(directory)!r} is not an existing folder")
+        self.tuner = tuner
+        self.data = data
+        self.dtype = dtype
+        self.storage = storage
+        self._policy = FeatureCachePolicy(resolve_limit(max_bytes, max_gb, self.directory))
+        self.model_of_tuner: nn.Module = tuner.model
+        self.device = next(self.model_of_tuner.parameters()).device
+        first = next(iter(data), None)
+        if first is None:
+            raise ValueError("data yields no batch")
+        probe, _ = _split(first)
+        self._probe = probe[:PROBE_SIZE].to(self.device, copy=True)
+        with torch.no_grad(), _mode(self.model_of_tuner, False):
+            self._record: ForwardRecord = record_forward(self.model_of_tuner, self._probe)[0]
+        self._plan_frozen = -1
+        self._plan: FrozenPrefix | None = None
+        self._region_modules: frozenset[str] = frozenset()
+        self._handles: list[RemovableHandle] = []
+        self._warned_cut = False
+        self._install_inference_hooks()
+        self._store = FeatureStore(None, None, torch.device("cpu"), False)
+        self._build_seconds: list[float] = []
+        self._serving_features = False
+        self._key: object = None
+        self._plan_for(self._num_frozen(), raise_errors=True)
+        self.model = CachedModel(self)
+
+    # -- the frozen region ------------------------------------------------------------------
+
+    def _num_frozen(self) -> int:
+        return len(self.tuner.groups) - int(self.tuner.scheduler.num_unfrozen)
+
+    def _install_inference_hooks(self) -> None:
+        region = (
+            frozen_region(self.model_of_tuner, self._record, self.tuner.groups, self._num_frozen())
+            if self._num_frozen()
+            else None
+        )
+        if region is None:
+            return
+        self._region_modules = region.inference_modules
+        modules = dict(self.model_of_tuner.named_modules())
+        for name in sorted(region.inference_modules):
+            self._handles.append(
+                modules[name].register_forward_pre_hook(self._inference_hook(name))
+            )
+
+    def _inference_hook(self, name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: object) -> None:
+            if self._plan_frozen != self._num_frozen():
+                self._follow_unfreeze()
+            if module.training and name in self._region_modules:
+                module.training = False
+
+        return hook
+
+    def _follow_unfreeze(self) -> None:
+        """The tuner unfroze groups: shrink the region that is held in inference mode."""
+        num_frozen = self._num_frozen()
+        released = self._region_modules
+        self._region_modules = frozenset()
+        if num_frozen:
+            with contextlib.suppress(CutError):  # reported when the next pass plans its cut
+                region = frozen_region(
+                    self.model_of_tuner, self._record, self.tuner.groups, num_frozen
+                )
+                self._region_modules = region.inference_modules
+        modules = dict(self.model_of_tuner.named_modules())
+        for name in released - self._region_modules:
+            modules[name].training = self.model_of_tuner.training
+        self._plan_frozen = num_frozen
+        self._plan = None
+
+    def _plan_for(self, num_frozen: int, raise_errors: bool) -> None:
+        if self._plan_frozen != num_frozen:
+            self._follow_unfreeze()
+        if self._plan is not None or not num_frozen:
+            return
+        model = self.model_of_tuner
+        try:
+            with torch.no_grad():
+                with _mode(model, False):
+                    expected = model(self._probe)
+                    region = frozen_region(model, self._record, self.tuner.groups, num_frozen)
+                    plan = find_cut(model, self._record, region, self._probe, expected)
+                    features = plan.features(self._probe)
+                with _mode(model, True):
+                    for _ in range(2):
+                        if not torch.equal(plan.features(self._probe), features):
+                            raise CutError(
+                                f"the frozen part up to {plan.cut_name!r} gives other features "
+                                "in training mode than in eval mode: something random or "
+                                "mode-dependent runs outside its modules (functional dropout, a "
+                                "random transform); the cache would change what it computes"
+                            )
+        except CutError as error:
+            if raise_errors:
+                raise
+            self._policy.stats.fallback = str(error)
+            if not self._warned_cut:
+                self._warned_cut = True
+                warnings.warn(f"feature cache disabled: {error}", RuntimeWarning, stacklevel=4)
+            return
+        self._plan = plan
+        self._policy.stats.cut = plan.cut_name
+
+    def _fingerprint(self) -> tuple[tuple[int, int, int], ...]:
+        frozen = [
+            name
+            for group in self.tuner.groups[: self._num_frozen()]
+            for name in group.parameter_names
+        ]
+        parameters = dict(self.model_of_tuner.named_parameters())
+        tensors = [parameters[name] for name in frozen]
+        modules = dict(self.model_of_tuner.named_modules())
+        tensors += [
+            b for name in sorted(self._region_modules) for b in modules[name].buffers(recurse=False)
+        ]
+        for name in frozen:
+            if parameters[name].requires_grad:
+                raise RuntimeError(
+                    f"parameter {name!r} of a frozen group requires grad: the cache serves "
+                    "features of frozen weights; freeze and unfreeze only through the tuner"
+                )
+        return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+    # -- passes -----------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> FeatureCacheStats:
+        """Hit rate, size and time saved: a :class:`~dynft_core.feature_cache.FeatureCacheStats`."""
+        return self._policy.stats
+
+    @property
+    def cut(self) -> str | None:
+        """Name of the module after which the model is cut now, ``None`` when not cutting."""
+        return self._plan.cut_name if self._plan is not None else None
+
+    def batches(self) -> Iterator[tuple[Any, ...]]:
+        """One pass: ``(x, *rest_of_batch)`` per batch, tensors on the model's device.
+
+        ``x`` is the features at the cut (or the inputs, when the cache is not serving); pass it
+        to :attr:`model`. Refreshes first if the trainable set or a frozen tensor changed.
+
+        Raises:
+            RuntimeError: The trainable set changed in the middle of the pass.
+        """
+        num_frozen = self._num_frozen()
+        self._plan_for(num_frozen, raise_errors=False)
+        key = (num_frozen, self._fingerprint()) if self._plan is not None else None
+        action = self._policy.begin_pass(key)
+        if action is not CacheAction.SERVE:
+            self._store.clear()
+        self._serving_features = action is not CacheAction.COMPUTE
+        if action is CacheAction.SERVE:
+            yield from self._serve(num_frozen)
+        elif action is CacheAction.BUILD:
+            yield from self._build(num_frozen)
+        else:
+            for batch in self.data:
+                inputs, others = _split(batch)
+                self._policy.record_miss()
+                yield (inputs.to(self.device), *(_to(item, self.device) for item in others))
+
+    def _check_unchanged(self, num_frozen: int) -> None:
+        if self._num_frozen() != num_frozen:
+            raise RuntimeError("the trainable set changed during a pass over the feature cache")
+
+    def _serve(self, num_frozen: int) -> Iterator[tuple[Any, ...]]:
+        assert self._plan is not None
+        dtype = self._plan.feature_dtype
+        for index, (features, others) in enumerate(
+            zip(self._store.features, self._store.others, strict=True)
+        ):
+            self._check_unchanged(num_frozen)
+            start = time.perf_counter()
+            served = features.to(self.device, dtype=dtype, non_blocking=True, copy=True)
+            moved = tuple(_to(item, self.device) for item in others)
+            self._policy.record_hit(self._build_seconds[index] - (time.perf_counter() - start))
+            yield (served, *moved)
+
+    def _build(self, num_frozen: int) -> Iterator[tuple[Any, ...]]:
+        assert self._plan is not None
+        length = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+        self._build_seconds = []
+        storing = True
+        for index, batch in enumerate(self.data):
+            self._check_unchanged(num_frozen)
+            inputs, others = _split(batch)
+            inputs = inputs.to(self.device)
+            moved = tuple(_to(item, self.device) for item in others)
+            start = time.perf_counter()
+            with torch.no_grad():
+                features = self._plan.features(inputs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            self._policy.record_miss(seconds)
+            if storing and index == 0:
+                projected = (tensor_bytes(features) + tensor_bytes(others)) * (length or 1)
+                self._store = FeatureStore(
+                    self.dtype,
+                    self.directory,
+                    placement(self.storage, self.device, projected),
+                    self.device.type == "cuda",
+                )
+            if storing:
+                self._store.append(features, others)
+                self._build_seconds.append(seconds)
+                batches = len(self._store)
+                projected = self._store.nbytes * (length or batches) // batches
+                how = f" (projected from {batches} of {length} batches)" if length else ""
+                if not self._policy.admits(max(projected, self._store.nbytes), how):
+                    storing = False
+                    self._store.clear()
+            if self.dtype is not None:
+                features = features.to(self.dtype).to(features.dtype)
+            yield (features, *moved)
+        if storing:
+            self._store.finish()
+            self._policy.end_build(self._store.nbytes)
+
+    def _forward(self, x: torch.Tensor) -> Any:
+        if not self._serving_features or self._plan is None:
+            return self.model_of_tuner(x)
+        if tuple(x.shape[1:]) != self._plan.feature_shape:
+            raise ValueError(
+                f"cache.model expects what cache.batches() yields: features of shape "
+                f"(B, {', '.join(map(str, self._plan.feature_shape))}) at {self._plan.cut_name!r}, "
+                f"got {tuple(x.shape)}"
+            )
+        if torch.is_grad_enabled() and world_size() > 1:
+            raise RuntimeError(
+                "cache.model calls the model inside DistributedDataParallel, so gradients "
+                "through it are not averaged across ranks; train through DDP without the cache "
+                "(evaluation under torch.no_grad() is fine)"
+            )
+        return self._plan.rest(x)
+
+    def close(self) -> None:
+        """Drop the features (and the file) and stop holding the frozen region in eval mode."""
+        self._store.clear()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._plan = None
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
