@@ -28,7 +28,7 @@ from dynft_core.feature_cache import (
     resolve_limit,
 )
 
-from .frozen_prefix import CutError, FrozenPrefix, check_plan, frozen_then_rest, plan_cut
+from .frozen_prefix import CutError, FrozenPrefix, check_plan, plan_cut
 
 STORAGE_DTYPES = (None, "float16")
 PROBE_SIZE = 4
@@ -112,13 +112,13 @@ class FeatureCache:
         for x, y in cache.batches():            # features at the cut (or inputs, see below)
             probabilities = cache.model.predict_on_batch(x)
 
-    Read :attr:`model` inside every pass: it is the rest of the model after the current cut, and
-    the cut moves at each unfreeze. The first pass after construction or after an unfreeze
-    builds the features (it costs about one plain forward); later passes serve them. Batches
-    yield the inputs instead, and :attr:`model` is the whole model, when nothing is frozen, when
-    the features do not fit ``max_bytes``/``max_gb`` (one warning), or when no valid cut exists
-    after an unfreeze (one warning). The frozen part always runs in inference mode through the
-    cache, also when it computes instead of serving.
+    :attr:`model` is the rest of the model after the current cut; read it again after every
+    unfreeze (the cut moves, and it is a new model). The first pass after construction or after
+    an unfreeze builds the features (it costs about one plain forward); later passes serve them.
+    When the features do not fit ``max_bytes``/``max_gb`` (one warning) they are computed again
+    every pass. When nothing is frozen, or no valid cut exists after an unfreeze (one warning),
+    batches yield the inputs and :attr:`model` is the whole model. The frozen part always runs
+    in inference mode through the cache.
 
     Args:
         callback: The :class:`~dynft_keras.DynamicFineTuning` (its ``backbone``, ``groups`` and
@@ -180,10 +180,9 @@ class FeatureCache:
         self._store = _Store(None, None)
         self._plan: FrozenPrefix | None = None
         self._planned_for = -1
-        self._pinned: keras.Model | None = None
         self._warned: set[str] = set()
-        self._serving_features = False
         self._build_seconds: list[float] = []
+        self._closed = False
         self._plan_for(self._num_frozen(), raise_errors=True)
 
     def _num_frozen(self) -> int:
@@ -198,7 +197,7 @@ class FeatureCache:
     def _plan_for(self, num_frozen: int, raise_errors: bool) -> None:
         if num_frozen == self._planned_for:
             return
-        self._planned_for, self._plan, self._pinned = num_frozen, None, None
+        self._planned_for, self._plan = num_frozen, None
         self._policy.stats.cut = None
         if not num_frozen:
             return
@@ -241,18 +240,18 @@ class FeatureCache:
     @property
     def cut(self) -> str | None:
         """Name of the layer after which the model is cut now, ``None`` when not cutting."""
+        self._plan_for(self._num_frozen(), raise_errors=False)
         return self._plan.cut_name if self._plan is not None else None
 
     @property
     def model(self) -> keras.Model:
-        """The model to apply to what the current pass of :meth:`batches` yields."""
-        if self._plan is None:
-            return self.full_model
-        if self._serving_features:
-            return self._plan.rest
-        if self._pinned is None:
-            self._pinned = frozen_then_rest(self._plan)
-        return self._pinned
+        """The model to apply to what :meth:`batches` yields: the rest after the cut.
+
+        A new model after every unfreeze that moves the cut (compile it again to train it);
+        the whole model when nothing is cut.
+        """
+        self._plan_for(self._num_frozen(), raise_errors=False)
+        return self._plan.rest if self._plan is not None else self.full_model
 
     def batches(self) -> Iterator[tuple[Any, ...]]:
         """One pass: ``(x, *rest_of_batch)`` per batch, as NumPy arrays.
@@ -263,6 +262,8 @@ class FeatureCache:
         Raises:
             RuntimeError: The trainable set changed in the middle of the pass.
         """
+        if self._closed:
+            raise RuntimeError("this FeatureCache is closed; create a new one")
         sync = getattr(self.full_model, "jax_state_sync", None)
         if callable(sync):  # inside a JAX fit the variables hold the last synced state
             sync()
@@ -272,7 +273,6 @@ class FeatureCache:
         action = self._policy.begin_pass(key)
         if action is not CacheAction.SERVE:
             self._store.clear()
-        self._serving_features = action is not CacheAction.COMPUTE
         if action is CacheAction.SERVE:
             for index, features in enumerate(self._store.features):
                 self._check_unchanged(num_frozen)
@@ -287,11 +287,17 @@ class FeatureCache:
             for batch in self.data:
                 inputs, others = _split(batch)
                 self._policy.record_miss()
+                if self._plan is not None:  # over the limit: features computed, not kept
+                    inputs = self._features(inputs)
                 yield (inputs, *others)
 
     def _check_unchanged(self, num_frozen: int) -> None:
         if self._num_frozen() != num_frozen:
             raise RuntimeError("the trainable set changed during a pass over the feature cache")
+
+    def _features(self, inputs: np.ndarray) -> np.ndarray:
+        assert self._plan is not None
+        return keras.ops.convert_to_numpy(self._plan.prefix.predict_on_batch(inputs))
 
     def _build(self, num_frozen: int) -> Iterator[tuple[Any, ...]]:
         assert self._plan is not None
@@ -303,7 +309,7 @@ class FeatureCache:
             self._check_unchanged(num_frozen)
             inputs, others = _split(batch)
             start = time.perf_counter()
-            features = keras.ops.convert_to_numpy(self._plan.prefix.predict_on_batch(inputs))
+            features = self._features(inputs)
             seconds = time.perf_counter() - start
             self._policy.record_miss(seconds)
             self._feature_dtype = features.dtype
@@ -333,7 +339,7 @@ class FeatureCache:
     def close(self) -> None:
         """Drop the features (and the file)."""
         self._store.clear()
-        self._plan, self._planned_for, self._pinned = None, -1, None
+        self._plan, self._closed = None, True
 
     def __enter__(self) -> FeatureCache:
         return self

@@ -107,23 +107,6 @@ class FrozenPrefix:
         return tuple(self.prefix.outputs[0].shape[1:])
 
 
-class _InferenceOnly(keras.layers.Layer):
-    """Runs a model in inference mode whatever mode the caller is in."""
-
-    def __init__(self, inner: keras.Model, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.inner = inner
-
-    def call(self, inputs: Any) -> Any:
-        return self.inner(inputs, training=False)
-
-
-def frozen_then_rest(plan: FrozenPrefix) -> keras.Model:
-    """The whole model with its frozen part held in inference mode (prefix then rest)."""
-    inputs = keras.Input(batch_shape=plan.prefix.inputs[0].shape, dtype=plan.prefix.inputs[0].dtype)
-    return keras.Model(inputs, plan.rest(_InferenceOnly(plan.prefix)(inputs)))
-
-
 def _backbone_node(outer: keras.Model, backbone: keras.layers.Layer) -> tuple[list[Any], int]:
     nodes = execution_order(outer)
     positions = [i for i, node in enumerate(nodes) if node.operation is backbone]

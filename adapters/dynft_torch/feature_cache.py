@@ -62,8 +62,10 @@ def _split(batch: object) -> tuple[torch.Tensor, tuple[object, ...]]:
     )
 
 
-def _to(item: object, device: torch.device) -> object:
-    return item.to(device, non_blocking=True) if isinstance(item, torch.Tensor) else item
+def _to(item: object, device: torch.device, copy: bool = False) -> object:
+    if isinstance(item, torch.Tensor):
+        return item.to(device, non_blocking=True, copy=copy)
+    return item
 
 
 class CachedModel(nn.Module):
@@ -93,9 +95,10 @@ class FeatureCache:
 
     ``cache.model(x)`` equals ``model(inputs)`` bit for bit on deterministic kernels. The first
     pass after construction or after an unfreeze builds the features (that pass costs one plain
-    forward); later passes serve them. Batches yield inputs instead, and ``cache.model`` runs the
-    whole model, when nothing is frozen, when the features do not fit ``max_bytes``/``max_gb``
-    (one warning), or when no valid cut exists after an unfreeze (one warning).
+    forward); later passes serve them. When the features do not fit ``max_bytes``/``max_gb``
+    (one warning) they are computed again every pass. When nothing is frozen, or no valid cut
+    exists after an unfreeze (one warning), batches yield the inputs and ``cache.model`` runs
+    the whole model.
 
     Args:
         tuner: The :class:`~dynft_torch.DynamicFineTuner` (its ``model``, ``groups`` and
@@ -169,17 +172,22 @@ class FeatureCache:
         self._probe = probe[:PROBE_SIZE].to(self.device, copy=True)
         with torch.no_grad(), _mode(self.model_of_tuner, False):
             self._record: ForwardRecord = record_forward(self.model_of_tuner, self._probe)[0]
-        self._plan_frozen = -1
+        self._region_for = -1
+        self._planned_for = -1
         self._plan: FrozenPrefix | None = None
         self._region_modules: frozenset[str] = frozenset()
         self._handles: list[RemovableHandle] = []
         self._warned_cut = False
-        self._install_inference_hooks()
         self._store = FeatureStore(None, None, torch.device("cpu"), False)
         self._build_seconds: list[float] = []
-        self._serving_features = False
-        self._key: object = None
-        self._plan_for(self._num_frozen(), raise_errors=True)
+        self._generation = 0
+        self._closed = False
+        self._install_inference_hooks()
+        try:
+            self._plan_for(self._num_frozen(), raise_errors=True)
+        except BaseException:
+            self.close()  # a failed construction leaves the model as it was
+            raise
         self.model = CachedModel(self)
 
     # -- the frozen region ------------------------------------------------------------------
@@ -188,13 +196,10 @@ class FeatureCache:
         return len(self.tuner.groups) - int(self.tuner.scheduler.num_unfrozen)
 
     def _install_inference_hooks(self) -> None:
-        region = (
-            frozen_region(self.model_of_tuner, self._record, self.tuner.groups, self._num_frozen())
-            if self._num_frozen()
-            else None
-        )
-        if region is None:
+        num_frozen = self._num_frozen()
+        if not num_frozen:
             return
+        region = frozen_region(self.model_of_tuner, self._record, self.tuner.groups, num_frozen)
         self._region_modules = region.inference_modules
         modules = dict(self.model_of_tuner.named_modules())
         for name in sorted(region.inference_modules):
@@ -204,7 +209,7 @@ class FeatureCache:
 
     def _inference_hook(self, name: str):  # type: ignore[no-untyped-def]
         def hook(module: nn.Module, args: object) -> None:
-            if self._plan_frozen != self._num_frozen():
+            if self._region_for != self._num_frozen():
                 self._follow_unfreeze()
             if module.training and name in self._region_modules:
                 module.training = False
@@ -225,13 +230,16 @@ class FeatureCache:
         modules = dict(self.model_of_tuner.named_modules())
         for name in released - self._region_modules:
             modules[name].training = self.model_of_tuner.training
-        self._plan_frozen = num_frozen
-        self._plan = None
+        self._region_for = num_frozen
 
     def _plan_for(self, num_frozen: int, raise_errors: bool) -> None:
-        if self._plan_frozen != num_frozen:
+        if self._region_for != num_frozen:
             self._follow_unfreeze()
-        if self._plan is not None or not num_frozen:
+        if self._planned_for == num_frozen:
+            return
+        self._planned_for, self._plan = num_frozen, None
+        self._policy.stats.cut = None
+        if not num_frozen:
             return
         model = self.model_of_tuner
         try:
@@ -259,6 +267,7 @@ class FeatureCache:
                 warnings.warn(f"feature cache disabled: {error}", RuntimeWarning, stacklevel=4)
             return
         self._plan = plan
+        self._generation += 1
         self._policy.stats.cut = plan.cut_name
 
     def _fingerprint(self) -> tuple[tuple[int, int, int], ...]:
@@ -291,6 +300,7 @@ class FeatureCache:
     @property
     def cut(self) -> str | None:
         """Name of the module after which the model is cut now, ``None`` when not cutting."""
+        self._plan_for(self._num_frozen(), raise_errors=False)
         return self._plan.cut_name if self._plan is not None else None
 
     def batches(self) -> Iterator[tuple[Any, ...]]:
@@ -302,13 +312,13 @@ class FeatureCache:
         Raises:
             RuntimeError: The trainable set changed in the middle of the pass.
         """
+        self._check_open()
         num_frozen = self._num_frozen()
         self._plan_for(num_frozen, raise_errors=False)
         key = (num_frozen, self._fingerprint()) if self._plan is not None else None
         action = self._policy.begin_pass(key)
         if action is not CacheAction.SERVE:
             self._store.clear()
-        self._serving_features = action is not CacheAction.COMPUTE
         if action is CacheAction.SERVE:
             yield from self._serve(num_frozen)
         elif action is CacheAction.BUILD:
@@ -316,8 +326,16 @@ class FeatureCache:
         else:
             for batch in self.data:
                 inputs, others = _split(batch)
+                inputs = inputs.to(self.device)
                 self._policy.record_miss()
-                yield (inputs.to(self.device), *(_to(item, self.device) for item in others))
+                if self._plan is not None:  # over the limit: features computed, not kept
+                    with torch.no_grad():
+                        inputs = self._tagged(self._plan.features(inputs))
+                yield (inputs, *(_to(item, self.device) for item in others))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this FeatureCache is closed; create a new one")
 
     def _check_unchanged(self, num_frozen: int) -> None:
         if self._num_frozen() != num_frozen:
@@ -331,8 +349,10 @@ class FeatureCache:
         ):
             self._check_unchanged(num_frozen)
             start = time.perf_counter()
-            served = features.to(self.device, dtype=dtype, non_blocking=True, copy=True)
-            moved = tuple(_to(item, self.device) for item in others)
+            served = self._tagged(
+                features.to(self.device, dtype=dtype, non_blocking=True, copy=True)
+            )
+            moved = tuple(_to(item, self.device, copy=True) for item in others)
             self._policy.record_hit(self._build_seconds[index] - (time.perf_counter() - start))
             yield (served, *moved)
 
@@ -372,14 +392,25 @@ class FeatureCache:
                     self._store.clear()
             if self.dtype is not None:
                 features = features.to(self.dtype).to(features.dtype)
-            yield (features, *moved)
+            yield (self._tagged(features), *moved)
         if storing:
             self._store.finish()
             self._policy.end_build(self._store.nbytes)
 
+    def _tagged(self, features: torch.Tensor) -> torch.Tensor:
+        features._dynft_cut_generation = self._generation  # type: ignore[attr-defined]
+        return features
+
     def _forward(self, x: torch.Tensor) -> Any:
-        if not self._serving_features or self._plan is None:
+        self._check_open()
+        self._plan_for(self._num_frozen(), raise_errors=False)
+        if self._plan is None:
             return self.model_of_tuner(x)
+        if getattr(x, "_dynft_cut_generation", self._generation) != self._generation:
+            raise RuntimeError(
+                "these features were served before the cut moved (an unfreeze since); take "
+                "the batches of a new cache.batches() pass"
+            )
         if tuple(x.shape[1:]) != self._plan.feature_shape:
             raise ValueError(
                 f"cache.model expects what cache.batches() yields: features of shape "
@@ -400,7 +431,7 @@ class FeatureCache:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._plan = None
+        self._plan, self._closed = None, True
 
     def __enter__(self) -> FeatureCache:
         return self

@@ -71,6 +71,12 @@ class FeatureStore:
 
     def append(self, features: torch.Tensor, others: tuple[object, ...]) -> None:
         """Keep a copy of one batch: features in the storage dtype, other tensors on the CPU."""
+        # Copies made under torch.inference_mode() would be inference tensors, which a later
+        # training pass could not use.
+        with torch.inference_mode(False):
+            self._append(features, others)
+
+    def _append(self, features: torch.Tensor, others: tuple[object, ...]) -> None:
         dtype = self.dtype or features.dtype
         kept_others = tuple(
             item.detach().to("cpu", copy=True) if isinstance(item, torch.Tensor) else item
