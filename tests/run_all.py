@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUPS: dict[str, tuple[list[str], dict[str, str]]] = {
     "core": (["tests/core", "tests/bench"], {}),
     "torch": (["tests/torch"], {}),
+    "transformers": (["tests/transformers"], {}),
     "keras-tensorflow": (["tests/keras"], {"KERAS_BACKEND": "tensorflow"}),
     "keras-torch": (["tests/keras"], {"KERAS_BACKEND": "torch"}),
     "keras-jax": (["tests/keras"], {"KERAS_BACKEND": "jax"}),

@@ -99,12 +99,19 @@ class FrozenPrefix:
         self.copies_features = False
 
     def _placeholder_calls(self, cut: ModuleCall) -> dict[str, ModuleCall]:
+        """The calls replaced in :meth:`rest`: those that finished before the cut started and
+        whose caller is the model or a call around the cut (so nothing above them is skipped)."""
+        calls = self.record.calls
+        around = set()
+        parent = cut.parent
+        while parent is not None:
+            around.add(parent)
+            parent = calls[parent].parent
         chosen: dict[str, ModuleCall] = {}
-        for index in self.region.outermost:
-            call = self.record.calls[index]
+        for call in calls:
             if (
-                call is not cut
-                and call.end < cut.end
+                call.end < cut.start
+                and (call.parent is None or call.parent in around)
                 and call.output is not None
                 and call.output[0][:1] == (self.record.batch_size,)
                 and self.record.count(call.name) == 1

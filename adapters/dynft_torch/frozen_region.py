@@ -115,8 +115,9 @@ class FrozenRegion:
             inference mode (dropout and stochastic depth off), cached or not.
         outermost: Indices (into the record's calls) of the outermost calls of the region, in
             the order they ran.
-        candidates: Indices (into the record's calls) of the outermost calls of the region
-            that return one tensor and whose module runs once, deepest first: the possible cuts.
+        candidates: Indices (into the record's calls) of the possible cuts, deepest first: the
+            outermost calls of the region that return one tensor and whose module runs once,
+            and, inside an outermost call returning something else, its own calls likewise.
     """
 
     num_frozen: int
@@ -129,15 +130,15 @@ class FrozenRegion:
 def _direct_parameter_names(model: nn.Module, frozen: set[str]) -> dict[str, list[str]]:
     """Module name -> names of the parameters it owns itself, as far as they tell its timing.
 
-    A module with children that owns parameters itself (a ViT's ``cls_token``/``pos_embed`` on
-    the model) uses them somewhere in its own code, at an unknown time. Frozen ones are constants
-    wherever they are used, so they are left out; a trainable one makes the whole call count as
-    trainable from its start.
+    A module that owns parameters itself and also holds trainable modules (a ViT's
+    ``cls_token``/``pos_embed`` on the model) uses them somewhere in its own code, at an unknown
+    time. Frozen ones are constants wherever they are used, so they are left out; a trainable
+    one makes the whole call count as trainable from its start.
     """
     owners = {}
     for name, module in model.named_modules():
         names = [pname for pname, _ in module.named_parameters(prefix=name, recurse=False)]
-        if any(True for _ in module.children()):
+        if any(pname not in frozen for pname, _ in module.named_parameters(prefix=name)):
             names = [pname for pname in names if pname not in frozen]
         owners[name] = names
     return owners
@@ -198,11 +199,20 @@ def frozen_region(
     outermost = [
         i for i, call in enumerate(record.calls) if in_region[i] and not inside(call.parent)
     ]
-    candidates = [
-        i
-        for i in reversed(outermost)
-        if record.calls[i].output is not None and record.count(record.calls[i].name) == 1
-    ]
+    children: dict[int, list[int]] = {}
+    for i, call in enumerate(record.calls):
+        if call.parent is not None:
+            children.setdefault(call.parent, []).append(i)
+
+    def cuts_within(index: int) -> list[int]:
+        # A call returning one tensor is a cut; inside one that does not (a Hugging Face
+        # encoder returns a ModelOutput), its own calls are, deepest first.
+        call = record.calls[index]
+        if call.output is not None and record.count(call.name) == 1:
+            return [index]
+        return [cut for child in reversed(children.get(index, [])) for cut in cuts_within(child)]
+
+    candidates = [cut for index in reversed(outermost) for cut in cuts_within(index)]
     return FrozenRegion(
         num_frozen=num_frozen,
         end=end,
