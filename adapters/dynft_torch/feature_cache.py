@@ -12,7 +12,6 @@ the cache or computed (also by a plain ``model(x)``), so both give the same resu
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-from torch.utils.hooks import RemovableHandle
 
 from dynft_core.feature_cache import (
     CacheAction,
@@ -33,22 +31,12 @@ from dynft_core.feature_cache import (
 
 from .distributed import world_size
 from .feature_store import STORAGES, FeatureStore, placement, tensor_bytes
-from .frozen_prefix import FrozenPrefix, find_cut
+from .frozen_prefix import FrozenPrefix, module_modes, plan_cut
 from .frozen_region import CutError, ForwardRecord, frozen_region, record_forward
+from .inference_region import InferenceRegion
 
 STORAGE_DTYPES = (None, torch.float16, torch.bfloat16)
 PROBE_SIZE = 4
-
-
-@contextlib.contextmanager
-def _mode(model: nn.Module, training: bool) -> Iterator[None]:
-    saved = {module: module.training for module in model.modules()}
-    model.train(training)
-    try:
-        yield
-    finally:
-        for module, flag in saved.items():
-            module.training = flag
 
 
 def _split(batch: object) -> tuple[torch.Tensor, tuple[object, ...]]:
@@ -170,19 +158,18 @@ class FeatureCache:
             raise ValueError("data yields no batch")
         probe, _ = _split(first)
         self._probe = probe[:PROBE_SIZE].to(self.device, copy=True)
-        with torch.no_grad(), _mode(self.model_of_tuner, False):
+        with torch.no_grad(), module_modes(self.model_of_tuner, False):
             self._record: ForwardRecord = record_forward(self.model_of_tuner, self._probe)[0]
-        self._region_for = -1
         self._planned_for = -1
         self._plan: FrozenPrefix | None = None
-        self._region_modules: frozenset[str] = frozenset()
-        self._handles: list[RemovableHandle] = []
         self._warned_cut = False
         self._store = FeatureStore(None, None, torch.device("cpu"), False)
         self._build_seconds: list[float] = []
         self._generation = 0
         self._closed = False
-        self._install_inference_hooks()
+        self._region = InferenceRegion(
+            self.model_of_tuner, self._record, tuner.groups, self._num_frozen
+        )
         try:
             self._plan_for(self._num_frozen(), raise_errors=True)
         except BaseException:
@@ -195,69 +182,17 @@ class FeatureCache:
     def _num_frozen(self) -> int:
         return len(self.tuner.groups) - int(self.tuner.scheduler.num_unfrozen)
 
-    def _install_inference_hooks(self) -> None:
-        num_frozen = self._num_frozen()
-        if not num_frozen:
-            return
-        region = frozen_region(self.model_of_tuner, self._record, self.tuner.groups, num_frozen)
-        self._region_modules = region.inference_modules
-        modules = dict(self.model_of_tuner.named_modules())
-        for name in sorted(region.inference_modules):
-            self._handles.append(
-                modules[name].register_forward_pre_hook(self._inference_hook(name))
-            )
-
-    def _inference_hook(self, name: str):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, args: object) -> None:
-            if self._region_for != self._num_frozen():
-                self._follow_unfreeze()
-            if module.training and name in self._region_modules:
-                module.training = False
-
-        return hook
-
-    def _follow_unfreeze(self) -> None:
-        """The tuner unfroze groups: shrink the region that is held in inference mode."""
-        num_frozen = self._num_frozen()
-        released = self._region_modules
-        self._region_modules = frozenset()
-        if num_frozen:
-            with contextlib.suppress(CutError):  # reported when the next pass plans its cut
-                region = frozen_region(
-                    self.model_of_tuner, self._record, self.tuner.groups, num_frozen
-                )
-                self._region_modules = region.inference_modules
-        modules = dict(self.model_of_tuner.named_modules())
-        for name in released - self._region_modules:
-            modules[name].training = self.model_of_tuner.training
-        self._region_for = num_frozen
-
     def _plan_for(self, num_frozen: int, raise_errors: bool) -> None:
-        if self._region_for != num_frozen:
-            self._follow_unfreeze()
+        self._region.sync()
         if self._planned_for == num_frozen:
             return
         self._planned_for, self._plan = num_frozen, None
         self._policy.stats.cut = None
         if not num_frozen:
             return
-        model = self.model_of_tuner
         try:
-            with torch.no_grad():
-                with _mode(model, False):
-                    expected = model(self._probe)
-                    region = frozen_region(model, self._record, self.tuner.groups, num_frozen)
-                    plan = find_cut(model, self._record, region, self._probe, expected)
-                    features = plan.features(self._probe)
-                with _mode(model, True):
-                    for _ in range(2):
-                        if not torch.equal(plan.features(self._probe), features):
-                            raise CutError(
-                                f"the frozen part up to {plan.cut_name!r} gives other features "
-                                "in training mode than in eval mode: something random or "
-                                "mode-dependent runs outside its modules (functional dropout, a "
-                                "random transform); the cache would change what it computes"
-                            )
+            region = frozen_region(self.model_of_tuner, self._record, self.tuner.groups, num_frozen)
+            plan = plan_cut(self.model_of_tuner, self._record, region, self._probe)
         except CutError as error:
             if raise_errors:
                 raise
@@ -280,7 +215,7 @@ class FeatureCache:
         tensors = [parameters[name] for name in frozen]
         modules = dict(self.model_of_tuner.named_modules())
         tensors += [
-            b for name in sorted(self._region_modules) for b in modules[name].buffers(recurse=False)
+            b for name in sorted(self._region.modules) for b in modules[name].buffers(recurse=False)
         ]
         for name in frozen:
             if parameters[name].requires_grad:
@@ -428,9 +363,7 @@ class FeatureCache:
     def close(self) -> None:
         """Drop the features (and the file) and stop holding the frozen region in eval mode."""
         self._store.clear()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._region.remove()
         self._plan, self._closed = None, True
 
     def __enter__(self) -> FeatureCache:

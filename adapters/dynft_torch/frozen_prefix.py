@@ -263,3 +263,43 @@ def find_cut(
         "features, ResNet-style stages, EfficientNet-Lite blocks, timm/Hugging Face block lists "
         "with groups='auto'); use the model without the cache otherwise"
     )
+
+
+@contextlib.contextmanager
+def module_modes(model: nn.Module, training: bool) -> Iterator[None]:
+    """``model.train(training)`` for the block, then every module's own mode back."""
+    saved = {module: module.training for module in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, flag in saved.items():
+            module.training = flag
+
+
+def plan_cut(
+    model: nn.Module, record: ForwardRecord, region: FrozenRegion, probe: torch.Tensor
+) -> FrozenPrefix:
+    """:func:`find_cut` on ``probe``, then a check that the prefix does not depend on the mode.
+
+    The frozen region must already be held in inference mode (its modules in eval mode during
+    training-mode forwards), as :class:`~dynft_torch.inference_region.InferenceRegion` does.
+
+    Raises:
+        CutError: No valid cut, or the prefix gives other features in training mode (something
+            random or mode-dependent runs outside the modules of the region).
+    """
+    with torch.no_grad():
+        with module_modes(model, False):
+            plan = find_cut(model, record, region, probe, model(probe))
+            features = plan.features(probe)
+        with module_modes(model, True):
+            for _ in range(2):
+                if not torch.equal(plan.features(probe), features):
+                    raise CutError(
+                        f"the frozen part up to {plan.cut_name!r} gives other features in "
+                        "training mode than in eval mode: something random or mode-dependent "
+                        "runs outside its modules (functional dropout, a random transform); "
+                        "the cache would change what it computes"
+                    )
+    return plan

@@ -8,6 +8,15 @@ import transformers
 from dynft_torch import DynamicFineTuner, FeatureCache
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many small forwards on a shared CPU run faster on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _vit():
     config = transformers.ViTConfig(
         image_size=32,
