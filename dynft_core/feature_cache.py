@@ -27,6 +27,9 @@ GIB = 1024**3
 # Without an explicit limit the cache may take this share of the memory (or disk) free when it
 # is created: enough for real savings, and the rest of the process keeps room to work.
 DEFAULT_SHARE = 0.5
+# Features go to the accelerator (when asked to) only if they take at most this share of its
+# free memory, leaving the training step its room.
+ACCELERATOR_SHARE = 0.25
 
 
 class CacheAction(enum.Enum):
@@ -133,6 +136,14 @@ def resolve_limit(
     return max(1, int(free * DEFAULT_SHARE))
 
 
+def batch_count(data: object) -> int | None:
+    """``len(data)`` when ``data`` knows it (an iterable dataset of unknown size does not)."""
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 class FeatureCachePolicy:
     """Decides, pass by pass, whether a feature cache serves, builds or computes.
 
@@ -210,6 +221,16 @@ class FeatureCachePolicy:
             self._warned = True
             warnings.warn(message, RuntimeWarning, stacklevel=3)
         return False
+
+    def fits_on_accelerator(self, projected_bytes: int | None, free_bytes: int) -> bool:
+        """Whether features of ``projected_bytes`` (``None``: size unknown) may be kept on an
+        accelerator with ``free_bytes`` free: known, within the limit and within
+        :data:`ACCELERATOR_SHARE` of the free memory."""
+        return (
+            projected_bytes is not None
+            and projected_bytes <= self.limit_bytes
+            and projected_bytes <= ACCELERATOR_SHARE * free_bytes
+        )
 
     def end_build(self, size_bytes: int) -> None:
         """The build pass stored all features (``size_bytes`` in total)."""

@@ -25,6 +25,7 @@ from dynft_core.feature_cache import (
     CacheAction,
     FeatureCachePolicy,
     FeatureCacheStats,
+    batch_count,
     resolve_limit,
 )
 
@@ -301,7 +302,7 @@ class FeatureCache:
 
     def _build(self, num_frozen: int) -> Iterator[tuple[Any, ...]]:
         assert self._plan is not None
-        length = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+        length = batch_count(self.data)
         self._store = _Store(self.dtype, self.directory)
         self._build_seconds = []
         storing = True

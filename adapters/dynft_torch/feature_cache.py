@@ -26,11 +26,12 @@ from dynft_core.feature_cache import (
     CacheAction,
     FeatureCachePolicy,
     FeatureCacheStats,
+    batch_count,
     resolve_limit,
 )
 
 from .distributed import world_size
-from .feature_store import STORAGES, FeatureStore, placement, tensor_bytes
+from .feature_store import STORAGES, FeatureStore, free_accelerator_bytes, tensor_bytes
 from .frozen_prefix import FrozenPrefix, module_modes, plan_cut
 from .frozen_region import CutError, ForwardRecord, frozen_region, record_forward
 from .inference_region import InferenceRegion
@@ -248,6 +249,11 @@ class FeatureCache:
             RuntimeError: The trainable set changed in the middle of the pass.
         """
         self._check_open()
+        if next(self.model_of_tuner.parameters()).device != self.device:
+            raise RuntimeError(
+                f"the model moved from {self.device} since the cache was created; create a new "
+                "FeatureCache after moving the model"
+            )
         num_frozen = self._num_frozen()
         self._plan_for(num_frozen, raise_errors=False)
         key = (num_frozen, self._fingerprint()) if self._plan is not None else None
@@ -293,7 +299,7 @@ class FeatureCache:
 
     def _build(self, num_frozen: int) -> Iterator[tuple[Any, ...]]:
         assert self._plan is not None
-        length = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+        length = batch_count(self.data)
         self._build_seconds = []
         storing = True
         for index, batch in enumerate(self.data):
@@ -309,11 +315,10 @@ class FeatureCache:
             seconds = time.perf_counter() - start
             self._policy.record_miss(seconds)
             if storing and index == 0:
-                projected = (tensor_bytes(features) + tensor_bytes(others)) * (length or 1)
                 self._store = FeatureStore(
                     self.dtype,
                     self.directory,
-                    placement(self.storage, self.device, projected),
+                    self._placement(features, others, length),
                     self.device.type == "cuda",
                 )
             if storing:
@@ -335,6 +340,16 @@ class FeatureCache:
     def _tagged(self, features: torch.Tensor) -> torch.Tensor:
         features._dynft_cut_generation = self._generation  # type: ignore[attr-defined]
         return features
+
+    def _placement(
+        self, features: torch.Tensor, others: tuple[object, ...], length: int | None
+    ) -> torch.device:
+        if self.storage != "auto" or self.device.type != "cuda" or self.directory is not None:
+            return torch.device("cpu")
+        per_batch = features.numel() * (self.dtype or features.dtype).itemsize
+        projected = None if length is None else (per_batch + tensor_bytes(others)) * length
+        fits = self._policy.fits_on_accelerator(projected, free_accelerator_bytes(self.device))
+        return self.device if fits else torch.device("cpu")
 
     def _forward(self, x: torch.Tensor) -> Any:
         self._check_open()

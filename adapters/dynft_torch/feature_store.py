@@ -2,8 +2,8 @@
 
 Host memory by default (pinned when the model is on an accelerator, so that copies back run
 asynchronously), optionally in a lower precision, optionally in a memory-mapped file. The
-accelerator is used only when asked for and when the whole set fits in a quarter of its free
-memory (see :func:`placement`).
+accelerator is used only when asked for and when the policy finds that the whole set fits
+(:meth:`dynft_core.feature_cache.FeatureCachePolicy.fits_on_accelerator`).
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ from pathlib import Path
 import torch
 
 STORAGES = ("host", "auto")
-# Share of the accelerator's free memory that storage="auto" may take.
-ACCELERATOR_SHARE = 0.25
 
 
-def placement(storage: str, device: torch.device, projected_bytes: int) -> torch.device:
-    """The device to keep features on: the model's accelerator only if ``storage="auto"`` and
-    ``projected_bytes`` fit in :data:`ACCELERATOR_SHARE` of its free memory, else the CPU."""
-    if storage != "auto" or device.type != "cuda":
-        return torch.device("cpu")
-    free, _ = torch.cuda.mem_get_info(device)
-    return device if projected_bytes <= ACCELERATOR_SHARE * free else torch.device("cpu")
+def free_accelerator_bytes(device: torch.device) -> int:
+    """Free memory of ``device`` (0 for the CPU)."""
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else 0
 
 
 def tensor_bytes(value: object) -> int:
@@ -83,7 +77,7 @@ class FeatureStore:
             for item in others
         )
         self.others.append(kept_others)
-        self.nbytes += tensor_bytes(kept_others) + features.numel() * _itemsize(dtype)
+        self.nbytes += tensor_bytes(kept_others) + features.numel() * dtype.itemsize
         if self.directory is not None:
             self._write(features.detach().to("cpu", dtype=dtype).contiguous())
             return
@@ -127,7 +121,3 @@ class FeatureStore:
         if self._file is not None:
             self._file.unlink(missing_ok=True)
             self._file = None
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

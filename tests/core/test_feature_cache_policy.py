@@ -12,6 +12,7 @@ from dynft_core.feature_cache import (
     GIB,
     CacheAction,
     FeatureCachePolicy,
+    batch_count,
     format_bytes,
     free_memory_bytes,
     resolve_limit,
@@ -114,3 +115,16 @@ def test_free_memory_is_read_from_the_system():
 def test_bad_limits_are_refused(max_bytes, max_gb, match):
     with pytest.raises(ValueError, match=match):
         resolve_limit(max_bytes, max_gb)
+
+
+def test_features_go_to_the_accelerator_only_when_their_size_is_known_and_small():
+    policy = FeatureCachePolicy(limit_bytes=1000)
+    assert policy.fits_on_accelerator(250, free_bytes=1000)
+    assert not policy.fits_on_accelerator(251, free_bytes=1000)  # over a quarter of the free
+    assert not policy.fits_on_accelerator(None, free_bytes=10**12)  # unknown size
+    assert not policy.fits_on_accelerator(1001, free_bytes=10**12)  # over the limit
+
+
+def test_batch_count_of_sized_and_unsized_data():
+    assert batch_count([1, 2, 3]) == 3
+    assert batch_count(x for x in range(3)) is None

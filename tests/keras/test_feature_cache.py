@@ -279,3 +279,29 @@ def test_bad_arguments_are_refused(tmp_path):
         FeatureCache(object(), data, model=model)
     with pytest.raises(TypeError, match="not a dict"):
         FeatureCache(cb, [{"x": data[0][0]}], model=model)
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.data[index]
+
+
+def test_a_sequential_model_and_a_py_dataset():
+    _, backbone = tiny_model()
+    model = keras.Sequential(
+        [keras.Input((IMAGE, IMAGE, 3)), backbone, L.GlobalAveragePooling2D(), L.Dense(3)]
+    )
+    cb = DynamicFineTuning(backbone, max_epochs=10, verbose=0)
+    data = batches()
+    cache = FeatureCache(cb, _Batches(data), model=model)
+    assert cache.cut == "relu2"
+    for _ in range(2):
+        np.testing.assert_array_equal(cache.predict(), concat_predictions(model, data))
+    assert cache.stats.hits == 3
