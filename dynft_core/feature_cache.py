@@ -166,12 +166,13 @@ class FeatureCachePolicy:
         """The memory limit."""
         return self.stats.limit_bytes
 
-    def begin_pass(self, key: Hashable | None) -> CacheAction:
+    def begin_pass(self, key: Hashable | None, why_not: str = "nothing is frozen") -> CacheAction:
         """Decide what the pass that starts now does.
 
         Args:
-            key: Identifies the features the current model would produce, ``None`` when
-                nothing is frozen (there is nothing to cache).
+            key: Identifies the features the current model would produce, ``None`` when there
+                is nothing to cache.
+            why_not: Why there is nothing to cache (kept in ``stats.fallback``).
 
         Returns:
             SERVE when complete features of ``key`` are stored, COMPUTE when there is nothing
@@ -180,7 +181,7 @@ class FeatureCachePolicy:
         """
         if key is None:
             self._forget()
-            self.stats.fallback = "nothing is frozen"
+            self.stats.fallback = why_not
             return CacheAction.COMPUTE
         if key != self._key:
             self._forget()

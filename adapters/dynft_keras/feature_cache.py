@@ -198,7 +198,7 @@ class FeatureCache:
     def _plan_for(self, num_frozen: int, raise_errors: bool) -> None:
         if num_frozen == self._planned_for:
             return
-        self._planned_for, self._plan = num_frozen, None
+        self._planned_for, self._plan, self._cut_error = num_frozen, None, ""
         self._policy.stats.cut = None
         if not num_frozen:
             return
@@ -211,7 +211,7 @@ class FeatureCache:
         except CutError as error:
             if raise_errors:
                 raise
-            self._policy.stats.fallback = str(error)
+            self._cut_error = str(error)
             self._warn_once(f"feature cache disabled: {error}")
             return
         if plan is None:
@@ -271,7 +271,7 @@ class FeatureCache:
         num_frozen = self._num_frozen()
         self._plan_for(num_frozen, raise_errors=False)
         key = (num_frozen, self._fingerprint()) if self._plan is not None else None
-        action = self._policy.begin_pass(key)
+        action = self._policy.begin_pass(key, self._why_not(num_frozen))
         if action is not CacheAction.SERVE:
             self._store.clear()
         if action is CacheAction.SERVE:
@@ -291,6 +291,11 @@ class FeatureCache:
                 if self._plan is not None:  # over the limit: features computed, not kept
                     inputs = self._features(inputs)
                 yield (inputs, *others)
+
+    def _why_not(self, num_frozen: int) -> str:
+        if not num_frozen:
+            return "nothing is frozen"
+        return self._cut_error or "no layer below the unfrozen groups can be cut off"
 
     def _check_unchanged(self, num_frozen: int) -> None:
         if self._num_frozen() != num_frozen:

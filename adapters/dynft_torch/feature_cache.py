@@ -187,7 +187,7 @@ class FeatureCache:
         self._region.sync()
         if self._planned_for == num_frozen:
             return
-        self._planned_for, self._plan = num_frozen, None
+        self._planned_for, self._plan, self._cut_error = num_frozen, None, ""
         self._policy.stats.cut = None
         if not num_frozen:
             return
@@ -197,7 +197,7 @@ class FeatureCache:
         except CutError as error:
             if raise_errors:
                 raise
-            self._policy.stats.fallback = str(error)
+            self._cut_error = str(error)
             if not self._warned_cut:
                 self._warned_cut = True
                 warnings.warn(f"feature cache disabled: {error}", RuntimeWarning, stacklevel=4)
@@ -257,7 +257,7 @@ class FeatureCache:
         num_frozen = self._num_frozen()
         self._plan_for(num_frozen, raise_errors=False)
         key = (num_frozen, self._fingerprint()) if self._plan is not None else None
-        action = self._policy.begin_pass(key)
+        action = self._policy.begin_pass(key, self._why_not(num_frozen))
         if action is not CacheAction.SERVE:
             self._store.clear()
         if action is CacheAction.SERVE:
@@ -277,6 +277,11 @@ class FeatureCache:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this FeatureCache is closed; create a new one")
+
+    def _why_not(self, num_frozen: int) -> str:
+        if not num_frozen:
+            return "nothing is frozen"
+        return self._cut_error or "no module below the unfrozen groups can be cut off"
 
     def _check_unchanged(self, num_frozen: int) -> None:
         if self._num_frozen() != num_frozen:

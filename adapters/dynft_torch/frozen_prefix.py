@@ -6,9 +6,10 @@ flattening, the head) stays exactly as written:
 * :meth:`FrozenPrefix.features` runs the forward until the module at the cut returns, and stops
   there (a forward hook raises a private ``BaseException``, which ``except Exception`` in user
   code cannot swallow);
-* :meth:`FrozenPrefix.rest` runs the forward with every outermost module call of the prefix
-  replaced by one that returns a placeholder of the recorded shape, and the module at the cut
-  returning the given features. Only functional code between those calls runs on placeholders.
+* :meth:`FrozenPrefix.rest` runs the forward with the module at the cut returning the given
+  features and every module call that finished before it (called by the model itself or by a
+  call around the cut) returning a placeholder of the recorded shape. Only functional code
+  between those calls runs, on placeholders.
 
 Whether this equals the full forward is checked, not assumed (:func:`find_cut`): on a probe batch,
 in eval mode, the rest of the prefix's features must reproduce the full output bit for bit while
