@@ -1,1 +1,2 @@
-"""Reproduce the paper's traditional-vs-dynamic fine-tuning study on Keras or PyTorch."""
+"""The paper's fine-tuning study (``benchmarks.study``) and the performance benchmarks
+(``benchmarks.perf``) of dynft."""

@@ -1,9 +1,10 @@
 """Architecture-aware default groups (``groups="auto"``) and the per-leaf split (``"modules"``).
 
-Recognised families, checked in this order:
+Hugging Face ``transformers`` models and timm models with ``group_matcher`` (timm's own
+fine-grained blocks, classifier excluded, via ``timm_parameter_groups``) are split first, by
+``transformer_groups``. The other recognised families, checked in this order:
 
 * EfficientNet-Lite (``efficientnet_lite_pytorch``): stem, every ``_blocks[i]``, conv head.
-* timm models with ``group_matcher``: timm's own fine-grained blocks (classifier excluded).
 * torchvision ResNet: stem (``conv1``/``bn1``), then every block of ``layer1``..``layer4``.
 * torchvision DenseNet: stem, every dense layer and transition.
 * torchvision MobileNetV2/V3, EfficientNet/V2, VGG, or any ``nn.Sequential`` backbone:
@@ -175,7 +176,8 @@ def auto_group_module_names(
 def timm_parameter_groups(root: nn.Module, root_name: str) -> list[list[str]] | None:
     """Parameter-name groups from a timm model's ``group_matcher``, or ``None`` if not timm.
 
-    The classifier returned by ``get_classifier()`` is the head and belongs to no group.
+    The classifier returned by ``get_classifier()`` (both heads of a distilled model) is the
+    head and belongs to no group.
     """
     matcher = getattr(root, "group_matcher", None)
     if not callable(matcher):
@@ -188,8 +190,10 @@ def timm_parameter_groups(root: nn.Module, root_name: str) -> list[list[str]] | 
     get_classifier = getattr(root, "get_classifier", None)
     if callable(get_classifier):
         classifier = get_classifier()
-        if isinstance(classifier, nn.Module):
-            head_ids = {id(p) for p in classifier.parameters()}
+        # Distilled models (DeiT) return their two heads as a tuple.
+        for head in classifier if isinstance(classifier, tuple) else (classifier,):
+            if isinstance(head, nn.Module):
+                head_ids |= {id(p) for p in head.parameters()}
     parameter_ids = {name: id(p) for name, p in root.named_parameters()}
     grouped = group_parameters(root, matcher(coarse=False))
     groups = []

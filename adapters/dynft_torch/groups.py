@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .auto_groups import auto_group_module_names, timm_parameter_groups
+from .auto_groups import auto_group_module_names
+from .transformer_groups import pretrained_model_groups
 
 GroupSpec = str | nn.Module | Sequence[str | nn.Module]
 GROUP_MODES = ("auto", "modules")
@@ -113,9 +114,11 @@ def resolve_groups(
         backbone: The pretrained part to freeze: a submodule of ``model`` or its name.
             Defaults to ``None``, the whole model. With ``"auto"``/``"modules"`` a recognised
             head inside it (children named ``fc``, ``classifier``, ``head``, ``AuxLogits``,
-            ``_fc`` ..., or timm's ``get_classifier()``) stays outside the groups; explicit
-            groups must cover every parameter of a backbone submodule.
-        groups: ``"auto"`` (default: architecture-aware blocks, see ``auto_groups``),
+            ``_fc`` ..., timm's ``get_classifier()``, a Hugging Face model's task head)
+            stays outside the groups; explicit groups must cover every parameter of a
+            backbone submodule.
+        groups: ``"auto"`` (default: architecture-aware blocks, see ``auto_groups`` and
+            ``transformer_groups``),
             ``"modules"`` (one group per leaf module owning parameters, the paper's "layers"),
             or an explicit list ordered from input to head whose items are modules, module
             names, or lists of those.
@@ -144,12 +147,10 @@ def resolve_groups(
                 f"groups must be one of {GROUP_MODES} or a list of modules/module names, "
                 f"got {groups!r}"
             )
-        timm_groups = timm_parameter_groups(root, root_name) if groups == "auto" else None
-        if timm_groups is not None:
-            parameter_groups = [
-                (tuple(sorted({name.rpartition(".")[0] for name in names})), names)
-                for names in timm_groups
-            ]
+        # Hugging Face and timm models have their own rules (transformer_groups).
+        library_groups = pretrained_model_groups(root, root_name) if groups == "auto" else None
+        if library_groups is not None:
+            parameter_groups = library_groups
         else:
             module_groups = auto_group_module_names(root, root_name, per_leaf=groups == "modules")
             parameter_groups = [(names, _parameters_under(model, names)) for names in module_groups]

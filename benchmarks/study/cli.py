@@ -1,0 +1,235 @@
+"""Traditional vs dynamic fine-tuning over several backbones: ``python -m benchmarks.study``.
+
+Examples::
+
+    python -m benchmarks.study        # quick preset: torch, EfficientNet-Lite0, phantom
+    python -m benchmarks.study --preset paper --framework keras --data my_cxr.npz
+    python -m benchmarks.study --framework keras --backbones mobilenet_v2 \\
+        --weights mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+
+Only the selected framework is imported (TensorFlow and torch never share a
+process). Flags given explicitly override the preset's values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from benchmarks.study.config import BALANCE_MODES, STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.models.registry import WeightsUnavailableError
+from benchmarks.study.presets import PRESETS, preset_config
+
+FRAMEWORKS = ("torch", "keras")
+
+FRAMEWORKS = ("torch", "keras")
+
+
+class UsageError(StudyConfigError):
+    """A command-line value is invalid (the message names it and what is allowed)."""
+
+
+def _csv_list(flag: str, text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise UsageError(f"{flag} got {text!r}; give a comma-separated list")
+    return items
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; seeds must be distinct integers >= 0."""
+    seeds = []
+    for item in _csv_list("--seeds", text):
+        if not item.isdigit():
+            raise UsageError(
+                f"--seeds: {item!r} is not an integer >= 0; give a comma-separated list like 0,1,2"
+            )
+        seeds.append(int(item))
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r} repeats a seed; every seed must be distinct")
+    return tuple(seeds)
+
+
+def parse_strategies(text: str) -> tuple[str, ...]:
+    """``"traditional,dynamic"`` -> a tuple of known strategy names."""
+    strategies = _csv_list("--strategies", text)
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise UsageError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
+    return tuple(dict.fromkeys(strategies))
+
+
+def parse_top_n(text: str) -> dict[str, int]:
+    """``"resnet50=10,vgg16=4"`` -> ``{"resnet50": 10, "vgg16": 4}`` (values >= 1)."""
+    result = {}
+    for item in _csv_list("--top-n", text):
+        name, _, value = item.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"--top-n: {item!r} must look like backbone=N with N >= 1")
+        result[name.strip()] = int(value)
+    return result
+
+
+def _image_size(text: str) -> int | None:
+    if text == "native":
+        return None
+    if not text.isdigit() or int(text) < 16:
+        raise UsageError(f"--image-size {text!r}: give a side in pixels >= 16, or 'native'")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The study's argument parser (every default is ``None``: the preset decides)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.study",
+        description="Compare traditional top-n fine-tuning with dynamic fine-tuning.",
+    )
+    add = parser.add_argument
+    add(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="starting configuration (default: quick); explicit flags override it",
+    )
+    add("--framework", choices=FRAMEWORKS, help="deep-learning framework (quick: torch)")
+    add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
+    add("--backbones", help="comma-separated backbone names, or 'all'")
+    add("--strategies", help="comma-separated subset of traditional,dynamic (default: both)")
+    add("--image-size", help="input side in pixels, or 'native' (quick: 96; paper: native)")
+    add("--epochs", type=int, help="epoch budget n of both strategies (quick: 20; paper: 100)")
+    add("--seeds", help="comma-separated seeds, one run each (quick: 0; paper: 0,1,2)")
+    add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
+    add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")
+    add("--batch-size", type=int, help="mini-batch size (default: 32)")
+    add("--lr", type=float, help="Adam learning rate (quick: 3e-4; paper: 1e-4)")
+    add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
+    add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
+    add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
+    add("--top-n", help="traditional layers unfrozen, e.g. resnet50=10,vgg16=4")
+    add("--phantom-images", type=int, help="phantom data set size (quick: 800)")
+    add(
+        "--balance",
+        choices=BALANCE_MODES,
+        help="class-imbalance remedy: both (Eq. 14 weights + balanced batches, "
+        "default), weights, or sampler",
+    )
+    add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> StudyConfig:
+    """The preset of ``args.preset`` with every explicitly given flag applied.
+
+    Raises:
+        UsageError: A flag value is invalid.
+    """
+    cfg = preset_config(args.preset, args.framework)
+    changes: dict[str, Any] = {}
+    if args.data is not None:
+        changes["data"] = args.data
+    if args.strategies is not None:
+        changes["strategies"] = parse_strategies(args.strategies)
+    if args.image_size is not None:
+        changes["image_size"] = _image_size(args.image_size)
+    if args.seeds is not None:
+        changes["seeds"] = parse_seeds(args.seeds)
+    if args.weights is not None:
+        changes["weights"] = args.weights
+    if args.balance is not None:
+        changes["balance"] = args.balance
+    if args.top_n is not None:
+        changes["top_n"] = parse_top_n(args.top_n)
+    from benchmarks.study.data.phantom import CLASS_NAMES, MIN_IMAGES_PER_CLASS
+
+    for flag, value, minimum in (
+        ("epochs", args.epochs, 1),
+        ("batch_size", args.batch_size, 1),
+        ("patience", args.patience, 1),
+        ("step", args.step, 1),
+        ("phantom_images", args.phantom_images, MIN_IMAGES_PER_CLASS * len(CLASS_NAMES)),
+        ("threads", args.threads, 1),
+    ):
+        if value is not None:
+            if value < minimum:
+                raise UsageError(f"--{flag.replace('_', '-')} {value}: must be >= {minimum}")
+            changes[flag] = value
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise UsageError(f"--lr {args.lr}: must be > 0")
+        changes["lr"] = args.lr
+    if args.decay is not None:
+        if not 0 <= args.decay < 1:
+            raise UsageError(f"--decay {args.decay}: must satisfy 0 <= decay < 1")
+        changes["decay"] = args.decay
+    cfg = replace(cfg, **changes)
+    if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
+        raise UsageError(
+            f"--weights {cfg.weights!r}: no such file; use imagenet, none or a weights file path"
+        )
+    return cfg
+
+
+def framework_modules(framework: str) -> tuple[ModuleType, ModuleType]:
+    """Import (only) the selected framework's backbone registry and runner."""
+    if framework == "torch":
+        from benchmarks.study.models import torch_backbones
+        from benchmarks.study.runners import torch_runner
+
+        return torch_backbones, torch_runner
+    from benchmarks.study.models import keras_backbones
+    from benchmarks.study.runners import keras_runner
+
+    return keras_backbones, keras_runner
+
+
+def resolve_backbones(text: str | None, cfg: StudyConfig, registry: ModuleType) -> StudyConfig:
+    """Apply ``--backbones`` and check every name (and ``--top-n`` name) against ``registry``."""
+    known = registry.available_backbones()
+    if text is not None:
+        names = tuple(known) if text == "all" else _csv_list("--backbones", text)
+        cfg = replace(cfg, backbones=tuple(dict.fromkeys(names)))
+    for flag, names in (("--backbones", cfg.backbones), ("--top-n", tuple(cfg.top_n))):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise UsageError(
+                f"{flag}: unknown backbone(s) {unknown} for {cfg.framework}; choose from {known}"
+            )
+    return cfg
+
+
+def _default_out(cfg: StudyConfig, preset: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"study-{preset}-{cfg.framework}-{stamp}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        cfg = resolve_config(args)
+        registry, runner = framework_modules(cfg.framework)
+        cfg = resolve_backbones(args.backbones, cfg, registry)
+    except UsageError as err:
+        parser.error(str(err))
+    from benchmarks.study.data.dataset import DataError
+    from benchmarks.study.driver import print_summary, run_study
+
+    out_dir = Path(args.out) if args.out else _default_out(cfg, args.preset)
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join([sys.executable, "-m", "benchmarks.study", *given])
+    try:
+        report, runs = run_study(cfg, args.preset, out_dir, registry, runner, command)
+    except (DataError, StudyConfigError, WeightsUnavailableError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print_summary(runs, report, time.perf_counter() - started)
+    return 0

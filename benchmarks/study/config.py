@@ -1,0 +1,87 @@
+"""The settings of one study (:class:`StudyConfig`) and the error a bad setting raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class StudyConfigError(ValueError):
+    """A study setting is invalid (the message names the value and what is allowed)."""
+
+
+# The two fine-tuning strategies the study compares, baseline first.
+STRATEGIES = ("traditional", "dynamic")
+# How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
+BALANCE_MODES = ("both", "weights", "sampler")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every setting of one study; a preset fills it, CLI flags override fields.
+
+    Args:
+        framework: ``"torch"`` or ``"keras"``. Defaults to ``"torch"``.
+        data: Data source for ``benchmarks.study.data.sources.load_dataset``. Defaults to
+            ``"phantom"``.
+        backbones: Backbone names. Defaults to ``("efficientnet_lite0",)``.
+        strategies: ``"traditional"`` and/or ``"dynamic"``. Defaults to both.
+        image_size: Square input size in pixels; ``None`` means each backbone's
+            native size. Defaults to 96.
+        epochs: Epoch budget ``n`` shared by both strategies. Defaults to 20.
+        seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
+        weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
+        batch_size: Mini-batch size for both strategies. Defaults to 32.
+        lr: Initial learning rate of Adam for both strategies. Defaults to 3e-4.
+        patience: ``p``: dynamic plateau patience and traditional early-stopping
+            patience. Defaults to 2.
+        step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
+        decay: Learning-rate decay per unfreeze (dynamic). Defaults to 0.1.
+        top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
+        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 800.
+        phantom_size: Side of the generated phantom images. Defaults to 96.
+        balance: ``"both"`` (Eq. 14 loss weights and class-balanced batches,
+            as the paper describes), ``"weights"`` or ``"sampler"`` alone.
+            Defaults to ``"both"`` (see ``benchmarks.study.data.batches.TrainingData``).
+        threads: Intra-op CPU threads of the framework; ``None`` keeps its
+            default. Defaults to 1: on a shared 2-core CPU one thread trained
+            EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
+    """
+
+    framework: str = "torch"
+    data: str = "phantom"
+    backbones: tuple[str, ...] = ("efficientnet_lite0",)
+    strategies: tuple[str, ...] = STRATEGIES
+    image_size: int | None = 96
+    epochs: int = 20
+    seeds: tuple[int, ...] = (0,)
+    weights: str = "imagenet"
+    batch_size: int = 32
+    lr: float = 3e-4
+    patience: int = 2
+    step: int = 3
+    decay: float = 0.1
+    top_n: dict[str, int] = field(default_factory=dict)
+    phantom_images: int = 800
+    phantom_size: int = 96
+    balance: str = "both"
+    threads: int | None = 1
+
+    def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:
+        """The traditional top-n for ``backbone``: the override if given, else ``default``.
+
+        Args:
+            backbone: Backbone name.
+            default: The backbone's Table 3 default.
+            available: Layers the built backbone has (the most that can be unfrozen).
+            layers_of: What a layer is, for the message, e.g. ``"weight layers of"``.
+
+        Raises:
+            StudyConfigError: The top-n exceeds ``available``.
+        """
+        top_n = self.top_n.get(backbone, default)
+        if top_n > available:
+            raise StudyConfigError(
+                f"--top-n {backbone}={top_n} exceeds the {available} {layers_of} {backbone}; "
+                f"use at most {available}"
+            )
+        return top_n

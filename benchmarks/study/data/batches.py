@@ -1,0 +1,149 @@
+"""Training and evaluation batches shared by the Keras and PyTorch study runners.
+
+Batches are produced here as float32 ``(B, H, W, 3)`` arrays in 0..255 so that
+both frameworks see exactly the same images, sampling and augmentation; each
+runner only applies its backbone's preprocessing and trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.study.config import BALANCE_MODES
+from benchmarks.study.data.augment import augment_minority
+from benchmarks.study.data.balance import balanced_indices, class_weights, minority_mask
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 images to ``size`` x ``size`` (bilinear), keeping grayscale/RGB.
+
+    Args:
+        images: uint8 ``(N, H, W)`` or ``(N, H, W, 3)``.
+        size: Target side in pixels.
+    """
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    resized = [
+        np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) for image in images
+    ]
+    return np.stack(resized).astype(np.uint8)
+
+
+def to_rgb_float(images: np.ndarray) -> np.ndarray:
+    """uint8 grayscale or RGB images -> float32 ``(N, H, W, 3)`` in 0..255 (grey replicated)."""
+    batch = images.astype(np.float32)
+    if batch.ndim == 3:
+        batch = np.repeat(batch[..., None], 3, axis=-1)
+    return batch
+
+
+@dataclass
+class SplitArrays:
+    """Images resized to the study size and labels of one split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class TrainingData:
+    """Class-balanced, minority-augmented training batches and plain evaluation batches.
+
+    Args:
+        train: Training split.
+        val: Validation split.
+        test: Test split.
+        num_classes: Number of classes ``C``.
+        batch_size: Mini-batch size.
+        seed: Seeds the sampler and the augmentation.
+        balance: ``"both"`` (the paper: Eq. 14 class-weighted loss on
+            class-balanced batches drawn with replacement), ``"weights"`` (the
+            loss weights over shuffled epochs) or ``"sampler"`` (balanced
+            batches, unweighted loss). Defaults to ``"both"``.
+    """
+
+    def __init__(
+        self,
+        train: SplitArrays,
+        val: SplitArrays,
+        test: SplitArrays,
+        num_classes: int,
+        batch_size: int,
+        seed: int,
+        balance: str = "both",
+    ) -> None:
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
+        self.train, self.val, self.test = train, val, test
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.balance = balance
+        self.rng = np.random.default_rng(seed)
+        # Eq. 14 weights from the training labels only, so val/test never leak in
+        weights = class_weights(train.labels, num_classes).astype(np.float32)
+        self.class_weights = weights if balance != "sampler" else np.ones_like(weights)
+        self.minority = minority_mask(train.labels, num_classes)
+
+    def epoch_plan(self) -> list[np.ndarray]:
+        """Index arrays of one epoch's training batches (class-balanced when sampling)."""
+        count = len(self.train.labels)
+        if self.balance == "weights":
+            order = self.rng.permutation(count)
+        else:
+            order = balanced_indices(self.train.labels, count, self.rng)
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def train_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images (augmented where minority), labels and loss weights (Eq. 14, or ones)."""
+        labels = self.train.labels[indices]
+        images = augment_minority(
+            to_rgb_float(self.train.images[indices]), labels, self.minority, self.rng
+        )
+        return images, labels, self.class_weights[labels]
+
+    def eval_batches(self, split: SplitArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Un-augmented batches of ``split`` in order."""
+        for start in range(0, len(split.labels), self.batch_size):
+            stop = start + self.batch_size
+            yield to_rgb_float(split.images[start:stop]), split.labels[start:stop]
+
+
+def make_training_data(
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: Any,
+    image_size: int,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    balance: str = "both",
+) -> TrainingData:
+    """Cut ``images``/``labels`` by a ``benchmarks.study.data.splits.Split`` and resize every split.
+
+    Args:
+        images: uint8 images of the whole data set.
+        labels: int labels of the whole data set.
+        split: Object with ``train``/``val``/``test`` index arrays.
+        image_size: Side the backbone receives.
+        num_classes: Number of classes.
+        batch_size: Mini-batch size.
+        seed: Seeds sampling and augmentation.
+        balance: See :class:`TrainingData`. Defaults to ``"both"``.
+    """
+
+    def part(indices: np.ndarray) -> SplitArrays:
+        return SplitArrays(resize_images(images[indices], image_size), labels[indices])
+
+    return TrainingData(
+        part(split.train),
+        part(split.val),
+        part(split.test),
+        num_classes,
+        batch_size,
+        seed,
+        balance,
+    )

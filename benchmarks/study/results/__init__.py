@@ -1,0 +1,1 @@
+"""What a study reports: test metrics, statistics, the markdown report and its figures."""
