@@ -210,7 +210,13 @@ def _has_nan(output: object) -> bool:
 def _why_not(prefix: FrozenPrefix, inputs: torch.Tensor, expected: object) -> str | None:
     features = prefix.features(inputs)
     kept = features.clone()
-    rest = prefix.rest(features, poisoned=True)
+    try:
+        rest = prefix.rest(features, poisoned=True)
+    except Exception as error:  # the part after the cut cannot run without what came before
+        return (
+            f"the part after {prefix.cut_name!r} fails without the real values computed before "
+            f"it ({type(error).__name__}: {error})"
+        )
     prefix.copies_features = not torch.equal(features, kept)
     if outputs_equal(rest, expected):
         return None
