@@ -257,7 +257,7 @@ class FeatureCache:
     def batches(self) -> Iterator[tuple[Any, ...]]:
         """One pass: ``(x, *rest_of_batch)`` per batch, as NumPy arrays.
 
-        ``x`` is the features at the cut (or the inputs, when the cache is not serving); apply
+        ``x`` is the features at the cut (the inputs when nothing is cut); apply
         :attr:`model` to it. Refreshes first if the trainable set or a frozen weight changed.
 
         Raises:

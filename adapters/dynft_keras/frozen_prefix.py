@@ -120,8 +120,11 @@ def _backbone_node(outer: keras.Model, backbone: keras.layers.Layer) -> tuple[li
 
 def _check_outer(outer: keras.Model, nodes: list[Any], position: int) -> None:
     node = nodes[position]
-    if len(outer.inputs) != 1 or len(node.input_tensors) != 1:
-        raise CutError("the feature cache supports models and backbones with one input")
+    backbone = node.operation
+    if len(outer.inputs) != 1 or len(node.input_tensors) != 1 or len(outer.outputs) != 1:
+        raise CutError("the feature cache supports models with one input and one output")
+    if len(node.output_tensors) != 1:
+        raise CutError(f"the backbone {backbone.name!r} has several outputs; it needs one")
     if not valid_cuts(outer, nodes)[position]:
         raise CutError(
             f"the model reads a tensor computed before its backbone {node.operation.name!r} "

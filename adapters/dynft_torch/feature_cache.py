@@ -91,7 +91,8 @@ class FeatureCache:
 
     Args:
         tuner: The :class:`~dynft_torch.DynamicFineTuner` (its ``model``, ``groups`` and
-            ``scheduler`` are read).
+            ``scheduler.num_unfrozen`` are read; any object with these fields works, e.g. for a
+            fixed top-n with groups from :func:`~dynft_torch.resolve_groups`).
         data: Re-iterable batches of un-augmented inputs, the same every pass: a ``DataLoader``
             without shuffling, a list of ``(inputs, targets)`` ... Tensors are moved to the
             model's device.
@@ -242,7 +243,7 @@ class FeatureCache:
     def batches(self) -> Iterator[tuple[Any, ...]]:
         """One pass: ``(x, *rest_of_batch)`` per batch, tensors on the model's device.
 
-        ``x`` is the features at the cut (or the inputs, when the cache is not serving); pass it
+        ``x`` is the features at the cut (the inputs when nothing is cut); pass it
         to :attr:`model`. Refreshes first if the trainable set or a frozen tensor changed.
 
         Raises:

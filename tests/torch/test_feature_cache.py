@@ -296,3 +296,24 @@ def test_a_failed_construction_leaves_no_hook_and_a_closed_cache_refuses_work():
     cache.close()
     with pytest.raises(RuntimeError, match="closed"):
         next(cache.batches())
+
+
+def test_a_fixed_top_n_without_a_tuner_is_cached_through_an_object_with_the_same_fields():
+    # the traditional top-n baseline: the same frozen layers for the whole run, no scheduler
+    from types import SimpleNamespace
+
+    from dynft_torch import resolve_groups
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    groups = resolve_groups(model, "backbone")
+    for group in groups[:3]:
+        for name in group.parameter_names:
+            model.get_parameter(name).requires_grad_(False)
+    fixed = SimpleNamespace(model=model, groups=groups, scheduler=SimpleNamespace(num_unfrozen=1))
+    val = batches_of(make_data(32))
+    cache = FeatureCache(fixed, val)
+    assert cache.cut == "backbone.2"
+    for _ in range(2):
+        assert torch.equal(cached_outputs(cache), plain_outputs(model, val))
+    assert cache.stats.hits == 2
