@@ -29,7 +29,7 @@ from dynft_core.feature_cache import (
     resolve_limit,
 )
 
-from .frozen_prefix import CutError, FrozenPrefix, check_plan, plan_cut
+from .frozen_prefix import CutError, FrozenPrefix, shared_plan
 
 STORAGE_DTYPES = (None, "float16")
 PROBE_SIZE = 4
@@ -203,11 +203,13 @@ class FeatureCache:
         if not num_frozen:
             return
         try:
-            plan = plan_cut(
-                self.full_model, self.callback.backbone, self.callback.groups, num_frozen
+            plan = shared_plan(
+                self.full_model,
+                self.callback.backbone,
+                self.callback.groups,
+                num_frozen,
+                self._probe,
             )
-            if plan is not None:
-                check_plan(plan, self.full_model, self._probe)
         except CutError as error:
             if raise_errors:
                 raise

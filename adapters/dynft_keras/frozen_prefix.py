@@ -12,6 +12,7 @@ features at the cut, always run in inference mode) and ``rest`` (features -> mod
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -232,3 +233,34 @@ def check_plan(plan: FrozenPrefix, model: keras.Model, probe: np.ndarray) -> Non
             f"the model cut after {plan.cut_name!r} does not reproduce the full forward on a "
             f"probe batch (largest difference {difference}); use the model without the cache"
         )
+
+
+# model -> {(backbone, groups, num_frozen): plan}. Every cache of one model (validation, test,
+# training data) shares the plan of a cut, and with it the prefix and rest models whose traced
+# functions are the costly part of a refresh.
+_PLANS: weakref.WeakKeyDictionary[keras.Model, dict[tuple[Any, ...], FrozenPrefix | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_plan(
+    model: keras.Model,
+    backbone: keras.layers.Layer,
+    groups: Sequence[Sequence[keras.layers.Layer]],
+    num_frozen: int,
+    probe: np.ndarray,
+) -> FrozenPrefix | None:
+    """:func:`plan_cut`, made once per model and cut; the first plan of a model is checked
+    with :func:`check_plan` on ``probe`` (later cuts come from the same graph surgery).
+
+    Raises:
+        CutError: See :func:`plan_cut` and :func:`check_plan`.
+    """
+    plans = _PLANS.setdefault(model, {})
+    key = (id(backbone), tuple(tuple(id(layer) for layer in group) for group in groups), num_frozen)
+    if key not in plans:
+        plan = plan_cut(model, backbone, groups, num_frozen)
+        if plan is not None and not any(plans.values()):
+            check_plan(plan, model, probe)
+        plans[key] = plan
+    return plans[key]

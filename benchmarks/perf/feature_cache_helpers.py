@@ -202,7 +202,7 @@ def run_keras(sizes: list[int], repeats: int, threads: int) -> None:
 def measure_keras(size: int, repeats: int, weights: Path | None) -> None:
     import keras
     import numpy as np
-    from dynft_keras import DynamicFineTuning, FeatureCache
+    from dynft_keras import DynamicFineTuning, FeatureCache, frozen_prefix
     from dynft_keras.freezing import apply_trainable
 
     keras.utils.set_random_seed(0)
@@ -240,6 +240,9 @@ def measure_keras(size: int, repeats: int, weights: Path | None) -> None:
                 cache.model.train_on_batch(x, y)
 
     def new_cache_pass() -> None:
+        # what a refresh after an unfreeze costs: a new cut, so new models to trace (caches of
+        # one model share the plan of a cut; forget it to measure that)
+        frozen_prefix._PLANS.pop(model, None)
         cache = FeatureCache(callback, val, model=model)
         validate(cache)
         cache.close()
