@@ -9,7 +9,6 @@ after an unfreeze it moves the cut and rebuilds.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -227,14 +226,6 @@ class FeatureCache:
         self._plan = plan
         self._policy.stats.cut = plan.cut_name
 
-    def _fingerprint(self) -> str:
-        assert self._plan is not None
-        digest = hashlib.blake2b(digest_size=16)
-        for layer in self._plan.frozen_layers:
-            for variable in layer.weights:
-                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value)))
-        return digest.hexdigest()
-
     @property
     def stats(self) -> FeatureCacheStats:
         """Hit rate, size and time saved: a :class:`~dynft_core.feature_cache.FeatureCacheStats`."""
@@ -272,7 +263,7 @@ class FeatureCache:
             sync()
         num_frozen = self._num_frozen()
         self._plan_for(num_frozen, raise_errors=False)
-        key = (num_frozen, self._fingerprint()) if self._plan is not None else None
+        key = (num_frozen, self._plan.fingerprint()) if self._plan is not None else None
         action = self._policy.begin_pass(key, self._why_not(num_frozen))
         if action is not CacheAction.SERVE:
             self._store.clear()

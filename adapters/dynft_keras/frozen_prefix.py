@@ -13,7 +13,7 @@ features at the cut, always run in inference mode) and ``rest`` (features -> mod
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from .groups import is_batch_norm
+from .weight_fingerprint import fingerprint
 
 
 class CutError(ValueError):
@@ -94,6 +95,7 @@ class FrozenPrefix:
         frozen_layers: The layers computed by ``prefix``.
         inference_layers: Names of layers of the frozen part that behave differently in
             training (dropout ...): through the cache they always run in inference mode.
+        fingerprint: Returns a value that changes when a weight of the frozen part changes.
     """
 
     cut_name: str
@@ -101,6 +103,7 @@ class FrozenPrefix:
     rest: keras.Model
     frozen_layers: list[keras.layers.Layer]
     inference_layers: list[str]
+    fingerprint: Callable[[], Hashable]
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -211,6 +214,7 @@ def plan_cut(
         rest=rest,
         frozen_layers=frozen_layers,
         inference_layers=[x.name for x in frozen_layers if _depends_on_training(x)],
+        fingerprint=fingerprint([w for layer in frozen_layers for w in layer.weights]),
     )
 
 
