@@ -6,6 +6,7 @@ Keras model, on the TensorFlow, torch and JAX backends.
 
 from .backbone import Backbone, as_backbone
 from .callback import DynamicFineTuning
+from .feature_cache import FeatureCache
 from .groups import resolve_groups
 from .optimizer import FineTuningOptimizer
 from .rates import GroupRate
@@ -14,6 +15,7 @@ from .snapshot import WeightSnapshot, changeable_variables
 __all__ = [
     "Backbone",
     "DynamicFineTuning",
+    "FeatureCache",
     "FineTuningOptimizer",
     "GroupRate",
     "WeightSnapshot",

@@ -8,6 +8,7 @@ actions on a ``torch.nn.Module`` and its optimizer. The Lightning callback lives
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import rewrap_ddp
+from .feature_cache import FeatureCache
 from .freezing import BatchNormFreezer, backbone_batchnorms
 from .groups import BackboneGroup, resolve_groups
 from .lr_schedulers import SUPPORTED_LR_SCHEDULERS, register_lr_scheduler
@@ -20,6 +21,7 @@ __all__ = [
     "BatchNormFreezer",
     "CheckpointError",
     "DynamicFineTuner",
+    "FeatureCache",
     "WeightSnapshot",
     "backbone_batchnorms",
     "load_checkpoint",
