@@ -28,7 +28,7 @@ from dynft_core.feature_cache import (
     resolve_limit,
 )
 
-from .frozen_prefix import CutError, FrozenPrefix, shared_plan
+from .frozen_prefix import CutError, FrozenPrefix, nested_base, shared_plan
 
 STORAGE_DTYPES = (None, "float16")
 PROBE_SIZE = 4
@@ -160,6 +160,8 @@ class FeatureCache:
         model = model if model is not None else callback.model
         if model is None:
             raise ValueError("pass model=: the callback has no model until fit starts")
+        if callback.groups is None:  # a backbone given as layer names is looked up in the model
+            callback.set_model(model)
         if iter(data) is data:  # type: ignore[comparison-overlap]
             raise TypeError(
                 "data must be re-iterable (a list of batches, a PyDataset, a tf.data.Dataset), "
@@ -204,7 +206,7 @@ class FeatureCache:
         try:
             plan = shared_plan(
                 self.full_model,
-                self.callback.backbone,
+                nested_base(self.callback.backbone),
                 self.callback.groups,
                 num_frozen,
                 self._probe,

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from .backbone import Backbone
 from .groups import is_batch_norm
 from .weight_fingerprint import fingerprint
 
@@ -111,13 +112,33 @@ class FrozenPrefix:
         return tuple(self.prefix.outputs[0].shape[1:])
 
 
+def nested_base(backbone: Backbone) -> keras.layers.Layer:
+    """The one nested model that holds exactly the backbone's layers (the cut runs inside it).
+
+    Raises:
+        CutError: The backbone is a list of layers, or layers of several nested models.
+    """
+    units = {id(unit) for unit in backbone.units}
+    for container in backbone.containers[:1]:
+        inside = {id(layer) for layer in container._flatten_layers(include_self=False)}
+        if units <= inside:
+            return container
+    raise CutError(
+        f"the feature cache needs the backbone {backbone.name!r} as one pretrained model called "
+        "as a layer of the model (keras.Sequential([base, head]) or head(base(inputs))), not a "
+        "list of layers"
+    )
+
+
 def _backbone_node(outer: keras.Model, backbone: keras.layers.Layer) -> tuple[list[Any], int]:
     nodes = execution_order(outer)
     positions = [i for i, node in enumerate(nodes) if node.operation is backbone]
     if len(positions) != 1:
         raise CutError(
             f"the backbone {backbone.name!r} must be called exactly once by the model's own "
-            f"graph, found {len(positions)} calls (it may sit inside a nested model)"
+            f"graph, found {len(positions)} calls (it may sit inside a nested model, or the "
+            "model was built as keras.Model(base.input, head(base.output)), which inlines the "
+            "base's layers: build it as head(base(inputs)) to cache features)"
         )
     return nodes, positions[0]
 

@@ -305,3 +305,21 @@ def test_a_sequential_model_and_a_py_dataset():
     for _ in range(2):
         np.testing.assert_array_equal(cache.predict(), concat_predictions(model, data))
     assert cache.stats.hits == 3
+
+
+def test_a_backbone_given_as_layers_or_inlined_into_the_model_is_refused_with_the_remedy():
+    model, backbone = residual_model()
+    as_layers = DynamicFineTuning(backbone.layers[1:], patience=1, max_epochs=2, verbose=0)
+    with pytest.raises(CutError, match="called as a layer of the model"):
+        FeatureCache(as_layers, batches(), model=model)
+    inlined = keras.Model(backbone.input, L.Dense(NUM_CLASSES)(L.Flatten()(backbone.output)))
+    flattened = DynamicFineTuning(backbone, patience=1, max_epochs=2, verbose=0)
+    with pytest.raises(CutError, match=r"head\(base\(inputs\)\)"):
+        FeatureCache(flattened, batches(), model=inlined)
+
+
+def test_a_backbone_given_as_layer_names_is_looked_up_in_the_model_before_fit():
+    model, _ = residual_model()
+    by_names = DynamicFineTuning(["backbone"], patience=1, max_epochs=2, verbose=0)
+    cache = FeatureCache(by_names, batches(), model=model)
+    np.testing.assert_array_equal(cache.predict(), concat_predictions(model, batches()))
