@@ -23,7 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.study.config import BALANCE_MODES, STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.presets import PRESETS, preset_config
 
@@ -117,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--balance",
         choices=BALANCE_MODES,
-        help="class-imbalance remedy: both (Eq. 14 weights + balanced batches, "
-        "default), weights, or sampler",
+        help="class-imbalance handling: tempered (default: sqrt-frequency batches + Eq. 14 "
+        "on the sampled shares), sampler, weights, both (the two compounded), none",
     )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
     return parser

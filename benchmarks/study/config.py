@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmarks.study.data.balance import DEFAULT_BALANCE
+
 
 class StudyConfigError(ValueError):
     """A study setting is invalid (the message names the value and what is allowed)."""
@@ -11,8 +13,6 @@ class StudyConfigError(ValueError):
 
 # The two fine-tuning strategies the study compares, baseline first.
 STRATEGIES = ("traditional", "dynamic")
-# How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
-BALANCE_MODES = ("both", "weights", "sampler")
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class StudyConfig:
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
         phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 800.
         phantom_size: Side of the generated phantom images. Defaults to 96.
-        balance: ``"both"`` (Eq. 14 loss weights and class-balanced batches,
-            as the paper describes), ``"weights"`` or ``"sampler"`` alone.
-            Defaults to ``"both"`` (see ``benchmarks.study.data.batches.TrainingData``).
+        balance: Class-imbalance handling, one of
+            ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
+            sqrt-frequency sampler with Eq. 14 computed on the sampled shares, one correction.
         threads: Intra-op CPU threads of the framework; ``None`` keeps its
             default. Defaults to 1: on a shared 2-core CPU one thread trained
             EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
@@ -63,7 +63,7 @@ class StudyConfig:
     top_n: dict[str, int] = field(default_factory=dict)
     phantom_images: int = 800
     phantom_size: int = 96
-    balance: str = "both"
+    balance: str = DEFAULT_BALANCE
     threads: int | None = 1
 
     def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:

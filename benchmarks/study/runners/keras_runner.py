@@ -1,8 +1,8 @@
 """One study run on Keras 3: traditional top-n fine-tuning or dynamic fine-tuning.
 
 Both strategies use one ``model.fit`` with the same Adam optimizer, learning
-rate, batches (``TrainingData``: Eq. 14 sample weights and/or class-balanced
-sampling, minority-only augmentation) and epoch budget. Traditional makes the
+rate, batches (``TrainingData``: the ``--balance`` mode's sampler and sample weights,
+minority-only augmentation) and epoch budget. Traditional makes the
 top-n layers of the base trainable from the start and stops early on the
 validation loss with the best weights restored; dynamic adds
 ``dynft_keras.DynamicFineTuning``. The base is called with ``training=False``,

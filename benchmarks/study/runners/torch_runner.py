@@ -1,7 +1,7 @@
 """One study run on PyTorch: traditional top-n fine-tuning or dynamic fine-tuning.
 
 Both strategies share the loop below: the same Adam optimizer, learning rate,
-batches (class-balanced, minority-augmented), Eq. 14 class-weighted loss and
+batches (sampled and weighted by the ``--balance`` mode, minority-augmented) and
 epoch budget. Traditional unfreezes the top-n layers from the start and stops
 early on the validation loss with the best weights restored; dynamic hands
 every decision to ``dynft_torch.DynamicFineTuner``.
@@ -63,7 +63,7 @@ def train_epoch(
     preprocess: Preprocess,
     dev: torch.device,
 ) -> float:
-    """One epoch over class-balanced batches; returns the mean weighted training loss."""
+    """One epoch over the sampled batches; returns the mean weighted training loss."""
     model.train()
     total, count = 0.0, 0
     for indices in data.epoch_plan():

@@ -9,13 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from benchmarks.study import cli as study
-from benchmarks.study.data.batches import SplitArrays, TrainingData
 from benchmarks.study.models import torch_backbones as backbones_torch
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -113,31 +111,6 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
     assert len(figures) >= 4
     for figure in figures:
         assert (out / figure).stat().st_size > 1000
-
-
-def _imbalanced_data(balance: str) -> TrainingData:
-    labels = np.array([0] * 90 + [1] * 10)
-    split = SplitArrays(np.zeros((100, 4, 4), dtype=np.uint8), labels)
-    return TrainingData(split, split, split, num_classes=2, batch_size=32, seed=0, balance=balance)
-
-
-def test_balance_weights_alone_shuffles_each_image_once_with_eq14_weights() -> None:
-    data = _imbalanced_data("weights")
-    plan = np.concatenate(data.epoch_plan())
-    assert sorted(plan) == list(range(100))
-    _, labels, weights = data.train_batch(plan[:32])
-    np.testing.assert_allclose(weights, np.where(labels == 0, 100 / (2 * 90), 100 / (2 * 10)))
-
-
-@pytest.mark.parametrize(("balance", "weighted"), [("both", True), ("sampler", False)])
-def test_balanced_sampling_draws_both_classes_equally(balance: str, weighted: bool) -> None:
-    data = _imbalanced_data(balance)
-    draws = np.concatenate([np.concatenate(data.epoch_plan()) for _ in range(20)])
-    minority_share = np.mean(data.train.labels[draws] == 1)
-    assert abs(minority_share - 0.5) < 0.05  # 2000 draws (SD 0.011); the data hold 10 %
-    _, labels, weights = data.train_batch(draws[:32])
-    expected = np.where(labels == 0, 100 / 180, 100 / 20) if weighted else np.ones(32)
-    np.testing.assert_allclose(weights, expected, rtol=1e-6)
 
 
 class TinyFeatures(nn.Module):
