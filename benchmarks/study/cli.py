@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         parser.error(str(err))
     from benchmarks.study.data.dataset import DataError
-    from benchmarks.study.driver import print_summary, run_study
+    from benchmarks.study.driver import run_study
+    from benchmarks.study.results.console import print_summary
 
     out_dir = Path(args.out) if args.out else _default_out(cfg, args.preset)
     given = sys.argv[1:] if argv is None else argv

@@ -36,7 +36,9 @@ def run_study(
     from benchmarks.study.data.batches import make_training_data
     from benchmarks.study.data.sources import load_dataset
     from benchmarks.study.data.splits import split_dataset
-    from benchmarks.study.results.report import write_report
+    from benchmarks.study.results.baselines import sanity_flags, trivial_baselines
+    from benchmarks.study.results.console import warn_if_flagged
+    from benchmarks.study.results.report import write_report, write_results
     from benchmarks.study.runners.records import RunContext
 
     dataset = load_dataset(
@@ -52,6 +54,9 @@ def run_study(
             for seed in cfg.seeds:
                 split = split_dataset(dataset, seed)
                 split_notes += [f"seed {seed}: {note}" for note in split.notes]
+                baselines = trivial_baselines(
+                    dataset.labels[split.train], dataset.labels[split.test], dataset.class_names
+                )
                 for backbone in cfg.backbones:
                     size = cfg.image_size or registry.get_backbone(backbone).native_size
                     for strategy in cfg.strategies:
@@ -76,7 +81,16 @@ def run_study(
                             seed,
                             cfg.balance,
                         )
-                        runs.append(runner.run(cfg, ctx, data))
+                        run = runner.run(cfg, ctx, data)
+                        run["baselines"] = baselines
+                        run["sanity"] = sanity_flags(run, baselines)
+                        warn_if_flagged(run, overall.write)
+                        runs.append(run)
+                        meta = study_meta(
+                            cfg, preset, dataset.synthetic, runs, split_notes, command
+                        )
+                        meta["incomplete"] = f"{len(runs)} of {total} runs finished, study running"
+                        write_results(out_dir, runs, meta)
                         overall.update()
     except BaseException:
         # hours of finished runs must survive a crash or Ctrl-C in a later one
@@ -131,21 +145,3 @@ def study_meta(
             "balance": cfg.balance,
         },
     }
-
-
-def print_summary(runs: list[dict[str, Any]], report: Path, seconds: float) -> None:
-    """One line per run, then where the report is."""
-    header = (
-        f"{'backbone':<18} {'strategy':<12} {'seed':>4} {'acc':>6} {'macroF1':>7} "
-        f"{'epochs':>6} {'unfreezes':>9} {'wall s':>7} {'MB':>6}"
-    )
-    print("\n" + header + "\n" + "-" * len(header))
-    for r in runs:
-        print(
-            f"{r['backbone']:<18} {r['strategy']:<12} {r['seed']:>4} {r['accuracy']:>6.3f} "
-            f"{r['macro_f1']:>7.3f} {r['epochs']:>6} {len(r['unfreeze_events']):>9} "
-            f"{r['wall_s']:>7.1f} {r['size_mb']:>6.1f}"
-        )
-    if any(r["synthetic"] for r in runs):
-        print("\nSYNTHETIC phantom data: these numbers test the pipeline, they are not clinical.")
-    print(f"\nStudy finished in {seconds / 60:.1f} min. Report: {report}")

@@ -110,6 +110,7 @@ def run_record(
         "synthetic": ctx.synthetic,
         "image_size": ctx.image_size,
         "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
         "macro_f1": metrics["macro_f1"],
         "per_class": metrics["per_class"],
         "confusion_normalized": metrics["confusion_normalized"],
