@@ -1,4 +1,4 @@
-"""Traditional vs dynamic fine-tuning over several backbones: ``python -m benchmarks.study``.
+"""The study's command line: ``python -m benchmarks.study``.
 
 Examples::
 
@@ -59,7 +59,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
-    """``"traditional,dynamic"`` -> a tuple of known strategy names."""
+    """``"full,dynamic"`` -> a tuple of known strategy names, in the order given."""
     strategies = _csv_list("--strategies", text)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The study's argument parser (every default is ``None``: the preset decides)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.study",
-        description="Compare traditional top-n fine-tuning with dynamic fine-tuning.",
+        description="Compare fine-tuning strategies (linear probe, full, the paper's traditional "
+        "top-n, two-stage, dynamic) on one data set.",
     )
     add = parser.add_argument
     add(
@@ -102,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--framework", choices=FRAMEWORKS, help="deep-learning framework (quick: torch)")
     add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
     add("--backbones", help="comma-separated backbone names, or 'all'")
-    add("--strategies", help="comma-separated subset of traditional,dynamic (default: both)")
+    add("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)} (default: all)")
     add("--image-size", help="input side in pixels, or 'native' (quick: 96; paper: native)")
-    add("--epochs", type=int, help="epoch budget n of both strategies (quick: 20; paper: 100)")
+    add("--epochs", type=int, help="epoch budget n of every strategy (quick: 20; paper: 100)")
     add("--seeds", help="comma-separated seeds, one run each (quick: 0; paper: 0,1,2)")
     add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
     add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")

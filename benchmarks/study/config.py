@@ -11,8 +11,9 @@ class StudyConfigError(ValueError):
     """A study setting is invalid (the message names the value and what is allowed)."""
 
 
-# The two fine-tuning strategies the study compares, baseline first.
-STRATEGIES = ("traditional", "dynamic")
+# The fine-tuning strategies the study compares (see benchmarks.study.runners.strategies), in
+# report order: the three fixed-depth baselines around the paper's, the two staged ones last.
+STRATEGIES = ("linear_probe", "full", "traditional", "two_stage", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -24,16 +25,16 @@ class StudyConfig:
         data: Data source for ``benchmarks.study.data.sources.load_dataset``. Defaults to
             ``"phantom"``.
         backbones: Backbone names. Defaults to ``("efficientnet_lite0",)``.
-        strategies: ``"traditional"`` and/or ``"dynamic"``. Defaults to both.
+        strategies: Any subset of :data:`STRATEGIES`. Defaults to all five.
         image_size: Square input size in pixels; ``None`` means each backbone's
             native size. Defaults to 96.
-        epochs: Epoch budget ``n`` shared by both strategies. Defaults to 20.
+        epochs: Epoch budget ``n`` shared by every strategy. Defaults to 20.
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
-        batch_size: Mini-batch size for both strategies. Defaults to 32.
-        lr: Initial learning rate of Adam for both strategies. Defaults to 3e-4.
-        patience: ``p``: dynamic plateau patience and traditional early-stopping
-            patience. Defaults to 2.
+        batch_size: Mini-batch size of every strategy. Defaults to 32.
+        lr: Initial learning rate of Adam, the same for every strategy. Defaults to 3e-4.
+        patience: ``p``: the plateau patience of the staged strategies and the early-stopping
+            patience of the fixed-depth ones. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
         decay: Learning-rate decay per unfreeze (dynamic). Defaults to 0.1.
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.

@@ -4,7 +4,7 @@ Two presets exist:
 
 * ``quick`` (the default): a scaled-down study that runs fully offline on a
   2-core CPU in a few minutes — EfficientNet-Lite0 with its real ImageNet
-  weights (PyTorch), the built-in phantom data, both strategies, one seed,
+  weights (PyTorch), the built-in phantom data, all five strategies, one seed,
   small images, a short epoch budget and a small patience so that unfreezes
   really happen within that budget.
 * ``paper``: the configuration of the paper's Section IV — all seven

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from study_backbones import TinyFeatures
 
 from benchmarks.study import cli as study
-from benchmarks.study.models import torch_backbones as backbones_torch
+from benchmarks.study.config import STRATEGIES
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TINY_STUDY = [
@@ -67,7 +67,7 @@ def read_rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> None:
+def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> None:
     out = tmp_path / "study"
     result = run_cli(
         "--backbones", "efficientnet_lite0", "--weights", "imagenet", *TINY_STUDY, "--out", str(out)
@@ -76,7 +76,7 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
     assert f"Report: {out / 'report.md'}" in result.stdout
 
     rows = read_rows(out)
-    assert sorted(row["strategy"] for row in rows) == ["dynamic", "traditional"]
+    assert [row["strategy"] for row in rows] == list(STRATEGIES)
     for row in rows:
         assert row["framework"] == "torch" and row["backbone"] == "efficientnet_lite0"
         assert row["weights"] == "imagenet"  # the package's real ImageNet file
@@ -90,13 +90,21 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
     assert meta["seeds"] == [0] and meta["epochs"] == 3
     assert meta["environment"]["packages"]["torch"] is not None
     runs = {run["strategy"]: run for run in document["runs"]}
-    assert runs["traditional"]["top_n"] == 10 and runs["traditional"]["num_groups"] is None
-    assert runs["dynamic"]["top_n"] is None and runs["dynamic"]["num_groups"] == 49
+    depths = {name: (run["top_n"], run["num_groups"]) for name, run in runs.items()}
+    assert depths == {
+        "linear_probe": (0, None),
+        "full": (49, None),
+        "traditional": (10, None),
+        "two_stage": (None, 1),
+        "dynamic": (None, 49),
+    }
     for run in runs.values():
         assert [e["epoch"] for e in run["timeline"]] == list(range(1, run["epochs"] + 1))
         assert 1 <= run["best_epoch"] <= run["epochs"]
-        assert Path(run["model_path"]).is_file()
+        assert (out / run["model_path"]).is_file()
         assert len(run["confusion_normalized"]) == len(run["class_names"]) == 7
+        assert run["baselines"]["majority"]["answers"] == "always 'Pneumonia'"
+        assert run["lr"] == meta["config"]["lr"]
     # patience 1: every epoch without improvement unfreezes 3 more groups at lr x0.9
     dynamic = runs["dynamic"]
     for event in dynamic["unfreeze_events"]:
@@ -107,51 +115,13 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
 
     report = (out / "report.md").read_text()
     assert re.search(r"synthetic", report, re.IGNORECASE)
+    for strategy in STRATEGIES:
+        assert f"| efficientnet_lite0 | {strategy} | 1 |" in report  # per-strategy summary
+    assert "| *majority class* (always 'Pneumonia') |" in report
     figures = re.findall(r"\((figures/[^)]+\.png)\)", report)
     assert len(figures) >= 4
     for figure in figures:
         assert (out / figure).stat().st_size > 1000
-
-
-class TinyFeatures(nn.Module):
-    """A two-conv feature extractor standing in for a user's backbone."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-def _tiny_build(pretrained: bool, image_size: int) -> nn.Module:
-    if pretrained:
-        raise OSError("no network in this test")
-    return TinyFeatures()
-
-
-@pytest.fixture
-def tiny_backbone() -> str:
-    spec = backbones_torch.TorchBackbone(
-        "tiny_test_cnn",
-        _tiny_build,
-        8,
-        backbones_torch.imagenet_normalize,
-        top_n=1,
-        native_size=32,
-        imagenet_source="nowhere",
-    )
-    backbones_torch.register_backbone(spec, replace=True)
-    return spec.name
 
 
 def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str) -> None:
