@@ -26,11 +26,14 @@ from typing import Any
 from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError
 from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
+from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
 
 FRAMEWORKS = ("torch", "keras")
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 FRAMEWORKS = ("torch", "keras")
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 
 class UsageError(StudyConfigError):
@@ -227,10 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.study.results.console import print_summary
 
     out_dir = Path(args.out) if args.out else _default_out(cfg, args.preset)
+    try:
+        check_out_folder(out_dir)
+    except StudyConfigError as err:
+        parser.error(str(err))
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join([sys.executable, "-m", "benchmarks.study", *given])
     try:
         report, runs = run_study(cfg, args.preset, out_dir, registry, runner, command)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     except (DataError, StudyConfigError, WeightsUnavailableError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -87,6 +87,10 @@ class TrainingData:
         self.class_weights = self.plan.weights
         self.minority = minority_mask(train.labels, num_classes)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampler and augmentation stream, so each run draws what it would alone."""
+        self.rng = np.random.default_rng(seed)
+
     def epoch_plan(self) -> list[np.ndarray]:
         """Index arrays of one epoch's training batches (stratified when the plan samples)."""
         count = len(self.train.labels)

@@ -79,6 +79,19 @@ def setup_section(runs: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]
     return [*lines, ""]
 
 
+def determinism_section(meta: dict[str, Any]) -> list[str]:
+    """What is and is not repeatable about these numbers."""
+    statement = meta.get("determinism")
+    if not statement:
+        return []
+    settings = ", ".join(f"{key} {value}" for key, value in statement["framework"].items())
+    lines = ["## Determinism", "", "The same command on the same machine gives the same numbers."]
+    lines += ["", "Deterministic:", ""] + [f"- {item}" for item in statement["deterministic"]]
+    lines += ["", "Not deterministic:", ""]
+    lines += [f"- {item}" for item in statement["not_deterministic"]]
+    return [*lines, "", f"Framework settings: {settings}.", ""]
+
+
 def _summary_cell(summary: dict[str, Any] | None) -> str:
     if summary is None:
         return "–"
@@ -312,6 +325,7 @@ def render(
     lines += paired_section(statistics)
     lines += cost_section(runs)
     lines += best_run_section(runs)
+    lines += determinism_section(meta)
     lines += figures_section(figures, out_dir)
     lines += ["", *incomplete_banner(meta), *banner]
     return "\n".join(lines).rstrip() + "\n"

@@ -36,20 +36,42 @@ from benchmarks.study.runners.strategies import FIXED_DEPTH, fixed_depth, staged
 FRAMEWORK = "keras"
 
 
-def configure(cfg: StudyConfig) -> None:
-    """Process-wide framework settings, applied once before the first run."""
-    if cfg.threads is not None and keras.backend.backend() == "tensorflow":
+def configure(cfg: StudyConfig) -> dict[str, Any]:
+    """Process-wide settings for repeatable runs, applied once before the first run.
+
+    Returns:
+        What was applied, for the report's determinism section.
+    """
+    backend = keras.backend.backend()
+    settings: dict[str, Any] = {"library": f"keras {keras.__version__} ({backend} backend)"}
+    if backend == "tensorflow":
         import tensorflow as tf
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
-        except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
-            warnings.warn(
-                f"threads={cfg.threads} ignored: TensorFlow was initialised before the study",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if cfg.threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+            except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
+                warnings.warn(
+                    f"threads={cfg.threads} ignored: TensorFlow was initialised before the study",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        tf.config.experimental.enable_op_determinism()
+        settings["op_determinism"] = True
+        settings["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+        settings["inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
+    elif backend == "torch":
+        import torch
+
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+        settings["deterministic_algorithms"] = True
+        settings["intra_op_threads"] = torch.get_num_threads()
+    else:  # JAX's CPU kernels are deterministic; it has no thread setting of its own
+        settings["note"] = f"{backend}: default kernels, no thread setting"
+    return settings
 
 
 def build_model(ctx: RunContext, weights: str) -> tuple[keras.Model, keras.Model, str]:
@@ -109,7 +131,7 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
     Raises:
         StudyConfigError: The traditional top-n exceeds the base's layer count.
     """
-    keras.utils.set_random_seed(ctx.seed)
+    keras.utils.set_random_seed(ctx.seed)  # Python, NumPy and the backend's generators
     spec = get_backbone(ctx.backbone)
     start = time.perf_counter()
     model, base, weights_used = build_model(ctx, cfg.weights)

@@ -9,6 +9,7 @@ BatchNorm statistics never change.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.study.config import StudyConfig
 from benchmarks.study.data.batches import SplitArrays, TrainingData
+from benchmarks.study.determinism import seed_everything
 from benchmarks.study.models.torch_backbones import (
     TorchBackbone,
     TorchClassifier,
@@ -49,10 +51,28 @@ Preprocess = Callable[[torch.Tensor], torch.Tensor]
 Layers = list[list[torch.nn.Module]]
 
 
-def configure(cfg: StudyConfig) -> None:
-    """Process-wide framework settings, applied once before the first run."""
+def configure(cfg: StudyConfig) -> dict[str, Any]:
+    """Process-wide settings for repeatable runs, applied once before the first run.
+
+    Returns:
+        What was applied, for the report's determinism section.
+    """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    on_gpu = device().type == "cuda"
+    if on_gpu:
+        # cuBLAS is deterministic only with a fixed workspace, set before CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    # some CUDA kernels have no deterministic version: warn there rather than stop the study
+    torch.use_deterministic_algorithms(True, warn_only=on_gpu)
+    return {
+        "library": f"torch {torch.__version__}",
+        "device": str(device()),
+        "deterministic_algorithms": "warn only" if on_gpu else True,
+        "intra_op_threads": torch.get_num_threads(),
+    }
 
 
 def device() -> torch.device:
@@ -190,6 +210,7 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
     Raises:
         StudyConfigError: The traditional top-n exceeds the backbone's layer count.
     """
+    seed_everything(ctx.seed)
     torch.manual_seed(ctx.seed)
     spec = get_backbone(ctx.backbone)
     start = time.perf_counter()

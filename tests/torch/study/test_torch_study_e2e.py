@@ -15,6 +15,7 @@ from study_backbones import TinyFeatures
 
 from benchmarks.study import cli as study
 from benchmarks.study.config import STRATEGIES
+from benchmarks.study.results.repeatability import differences
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TINY_STUDY = [
@@ -124,6 +125,25 @@ def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> N
         assert (out / figure).stat().st_size > 1000
 
 
+def test_the_same_command_gives_identical_numbers_and_runs_do_not_depend_on_each_other(
+    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("first", "second"):
+        assert run_tiny_study(tiny_backbone, "none", tmp_path / name) == 0
+    alone = tmp_path / "alone"
+    assert run_tiny_study(tiny_backbone, "none", alone, "--strategies", "two_stage") == 0
+    documents = {
+        name: json.loads((tmp_path / name / "results.json").read_text())
+        for name in ("first", "second", "alone")
+    }
+    assert differences(documents["first"]["runs"], documents["second"]["runs"]) == []
+    two_stage = [run for run in documents["first"]["runs"] if run["strategy"] == "two_stage"]
+    assert differences(two_stage, documents["alone"]["runs"]) == []
+    assert documents["first"]["meta"]["determinism"]["framework"]["deterministic_algorithms"]
+    report = (tmp_path / "first" / "report.md").read_text()
+    assert "## Determinism" in report and "the sampler's epochs" in report
+
+
 def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str) -> None:
     out = tmp_path / "tiny"
     status = run_tiny_study(tiny_backbone, "none", out)
@@ -161,10 +181,11 @@ def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
     assert status == 1
     err = capsys.readouterr().err
     assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in err
-    assert "incomplete study: 1 of 2 runs" in err
+    assert "INCOMPLETE study, stopped by StudyConfigError after 1 of 2 runs" in err
     assert [row["strategy"] for row in read_rows(out)] == ["dynamic"]
     meta = json.loads((out / "results.json").read_text())["meta"]
-    assert meta["incomplete"] == "stopped after 1 of 2 runs"
+    assert meta["incomplete"].startswith("stopped by StudyConfigError after 1 of 2 runs: --top-n")
+    assert "> **INCOMPLETE STUDY — stopped by StudyConfigError" in (out / "report.md").read_text()
 
 
 def test_weights_file_of_another_architecture_is_refused(
