@@ -127,7 +127,7 @@ def test_evaluation_batches_are_the_same_every_epoch() -> None:
     np.testing.assert_allclose(first_epoch, np.repeat(expected, 3, axis=-1), atol=1e-6)
 
 
-def test_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
+def test_a_garbage_weights_file_is_refused_with_one_clear_message(tmp_path: Path) -> None:
     wrong = tmp_path / "not_weights.weights.h5"
     wrong.write_bytes(b"this is not an HDF5 file")
     result = run_cli(
@@ -140,7 +140,9 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None
         str(tmp_path / "x"),
     )
     assert result.returncode == 1
-    assert "does not fit the Keras backbone mobilenet_v2" in result.stderr
+    assert f"error: --weights {wrong} is not a Keras weights file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()  # nothing finished, nothing left behind
 
 
 @pytest.mark.parametrize(

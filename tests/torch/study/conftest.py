@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from study_backbones import register_tiny_backbone
+from study_helpers import register_tiny_backbone
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import subprocess
@@ -10,28 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from study_backbones import TinyFeatures
+from study_helpers import TINY_STUDY, read_rows, run_tiny_study
 
-from benchmarks.study import cli as study
 from benchmarks.study.config import STRATEGIES
 from benchmarks.study.results.repeatability import differences
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-TINY_STUDY = [
-    "--phantom-images",
-    "120",
-    "--image-size",
-    "32",
-    "--epochs",
-    "3",
-    "--patience",
-    "1",
-    "--seeds",
-    "0",
-    "--batch-size",
-    "16",
-]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -43,29 +26,6 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         text=True,
         timeout=timeout,
     )
-
-
-def run_tiny_study(backbone: str, weights: str, out: Path | str, *extra: str) -> int:
-    """Run the study in process on the tiny phantom set; returns its exit status."""
-    return study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            backbone,
-            "--weights",
-            weights,
-            *extra,
-            *TINY_STUDY,
-            "--out",
-            str(out),
-        ]
-    )
-
-
-def read_rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> None:
@@ -153,70 +113,3 @@ def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str)
     document = json.loads((out / "results.json").read_text())
     dynamic = next(r for r in document["runs"] if r["strategy"] == "dynamic")
     assert dynamic["num_groups"] == 2  # two convolutions, each carrying its BatchNorm
-
-
-def test_unavailable_imagenet_weights_give_a_clear_error(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status = run_tiny_study(tiny_backbone, "imagenet", tmp_path / "x")
-    assert status == 1
-    message = capsys.readouterr().err
-    assert "could not load ImageNet weights for tiny_test_cnn" in message
-    assert "--weights PATH" in message and "--weights none" in message
-
-
-def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "partial"
-    status = run_tiny_study(
-        tiny_backbone,
-        "none",
-        str(out),
-        "--top-n",
-        f"{tiny_backbone}=5",
-        "--strategies",
-        "dynamic,traditional",
-    )
-    assert status == 1
-    err = capsys.readouterr().err
-    assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in err
-    assert "INCOMPLETE study, stopped by StudyConfigError after 1 of 2 runs" in err
-    assert [row["strategy"] for row in read_rows(out)] == ["dynamic"]
-    meta = json.loads((out / "results.json").read_text())["meta"]
-    assert meta["incomplete"].startswith("stopped by StudyConfigError after 1 of 2 runs: --top-n")
-    assert "> **INCOMPLETE STUDY — stopped by StudyConfigError" in (out / "report.md").read_text()
-
-
-def test_weights_file_of_another_architecture_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    wrong = tmp_path / "wrong.pt"
-    torch.save(TinyFeatures().state_dict(), wrong)
-    status = run_tiny_study("efficientnet_lite0", str(wrong), tmp_path / "x")
-    assert status == 1
-    assert "does not fit backbone efficientnet_lite0" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--backbones", "resnet51"], "unknown backbone(s) ['resnet51'] for torch"),
-        (["--seeds", "0,x"], "--seeds: 'x' is not an integer"),
-        (["--seeds", "1,1"], "repeats a seed"),
-        (["--weights", "/no/such/weights.pt"], "'/no/such/weights.pt': no such file"),
-        (["--strategies", "dynamic,gradual"], "unknown ['gradual']"),
-        (["--top-n", "vgg16=0"], "must look like backbone=N with N >= 1"),
-        (["--top-n", "vgg17=3"], "--top-n: unknown backbone(s) ['vgg17']"),
-        (["--decay", "1.0"], "0 <= decay < 1"),
-        (["--image-size", "tiny"], "--image-size 'tiny'"),
-        (["--phantom-images", "41"], "--phantom-images 41: must be >= 42"),
-    ],
-)
-def test_bad_flags_exit_with_a_message_naming_the_value(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        study.main(["--framework", "torch", *args])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err

@@ -1,10 +1,15 @@
-"""A tiny backbone for the study tests: two convolutions, each followed by a BatchNorm."""
+"""Helpers of the PyTorch study tests: a tiny backbone (two convolutions, each with a BatchNorm)
+and a tiny in-process study."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.study import cli
 from benchmarks.study.models import torch_backbones
 
 TINY_BACKBONE = "tiny_test_cnn"
@@ -49,3 +54,42 @@ def register_tiny_backbone() -> str:
     )
     torch_backbones.register_backbone(spec, replace=True)
     return spec.name
+
+
+TINY_STUDY = [
+    "--phantom-images",
+    "120",
+    "--image-size",
+    "32",
+    "--epochs",
+    "3",
+    "--patience",
+    "1",
+    "--seeds",
+    "0",
+    "--batch-size",
+    "16",
+]
+
+
+def run_tiny_study(backbone: str, weights: str, out: Path | str, *extra: str) -> int:
+    """Run the study in process on the tiny phantom set; returns its exit status."""
+    return cli.main(
+        [
+            "--framework",
+            "torch",
+            "--backbones",
+            backbone,
+            "--weights",
+            weights,
+            *extra,
+            *TINY_STUDY,
+            "--out",
+            str(out),
+        ]
+    )
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open() as handle:
+        return list(csv.DictReader(handle))
