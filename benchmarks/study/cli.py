@@ -28,6 +28,7 @@ from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
+from benchmarks.study.sweep import SWEEPABLE, parse_sweep
 
 FRAMEWORKS = ("torch", "keras")
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on the sampled shares), sampler, weights, both (the two compounded), none",
     )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
+    add(
+        "--sweep",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="sweep a setting per strategy on the validation split before the runs, e.g. "
+        f"lr=1e-4,3e-4,1e-3 (sweepable: {', '.join(SWEEPABLE)}); repeat for more settings",
+    )
     return parser
 
 
@@ -151,6 +159,8 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["balance"] = args.balance
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
+    if args.sweep is not None:
+        changes["sweep"] = parse_sweep(args.sweep)
     from benchmarks.study.data.phantom import CLASS_NAMES, MIN_IMAGES_PER_CLASS
 
     for flag, value, minimum in (
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         registry, runner = framework_modules(cfg.framework)
         cfg = resolve_backbones(args.backbones, cfg, registry)
-    except UsageError as err:
+    except StudyConfigError as err:  # every value is checked before anything runs
         parser.error(str(err))
     from benchmarks.study.data.dataset import DataError
     from benchmarks.study.driver import run_study

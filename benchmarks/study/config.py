@@ -43,6 +43,9 @@ class StudyConfig:
         balance: Class-imbalance handling, one of
             ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
             sqrt-frequency sampler with Eq. 14 computed on the sampled shares, one correction.
+        sweep: Settings swept per strategy on the validation split before the runs, e.g.
+            ``{"lr": (1e-4, 3e-4, 1e-3)}`` (see ``benchmarks.study.sweep``); empty (the
+            default) runs every strategy with the values above.
         threads: Intra-op CPU threads of the framework; ``None`` keeps its
             default. Defaults to 1: on a shared 2-core CPU one thread trained
             EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
@@ -65,6 +68,7 @@ class StudyConfig:
     phantom_images: int = 800
     phantom_size: int = 96
     balance: str = DEFAULT_BALANCE
+    sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     threads: int | None = 1
 
     def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:

@@ -8,13 +8,14 @@ that stops before any run finished leaves no output folder behind.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from benchmarks.study.config import StudyConfig
 from benchmarks.study.out_folder import claim_out_folder
+from benchmarks.study.sweep import candidates, sweep_strategy
 
 COMMON_PACKAGES = ["dynft", "numpy", "scipy", "scikit-learn", "matplotlib", "Pillow"]
 FRAMEWORK_PACKAGES = {
@@ -43,6 +44,7 @@ class Study:
     preset: str
     command: str
     runs: list[dict[str, Any]] = field(default_factory=list)
+    sweeps: list[dict[str, Any]] = field(default_factory=list)
     split_notes: list[str] = field(default_factory=list)
     synthetic: bool = False
     framework_settings: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +54,21 @@ class Study:
         """Number of runs the study will make."""
         cfg = self.cfg
         return len(cfg.seeds) * len(cfg.backbones) * len(cfg.strategies)
+
+    @property
+    def total_trials(self) -> int:
+        """Number of sweep trials before the runs (0 without ``--sweep``)."""
+        if not self.cfg.sweep:
+            return 0
+        per_backbone = sum(len(candidates(self.cfg.sweep, s)) for s in self.cfg.strategies)
+        return per_backbone * len(self.cfg.backbones)
+
+    def chosen(self, backbone: str, strategy: str) -> dict[str, float]:
+        """The swept values a strategy runs with (empty without a sweep)."""
+        for result in self.sweeps:
+            if (result["backbone"], result["strategy"]) == (backbone, strategy):
+                return dict(result["chosen"])
+        return {}
 
     def meta(self, incomplete: str | None = None) -> dict[str, Any]:
         """The report's ``meta``: settings, environment, split notes, determinism."""
@@ -87,6 +104,12 @@ class Study:
             },
             "determinism": statement(self.framework_settings),
         }
+        if cfg.sweep:
+            meta["sweep"] = {
+                "grid": {name: list(values) for name, values in cfg.sweep.items()},
+                "selected_by": "lowest validation loss of the final model, on the first seed",
+                "results": self.sweeps,
+            }
         if incomplete:
             meta["incomplete"] = incomplete
         return meta
@@ -150,7 +173,8 @@ def _run_all(study: Study, out_dir: Path, registry: ModuleType, runner: ModuleTy
     study.synthetic = dataset.synthetic
     study.framework_settings = runner.configure(cfg)
     names = list(dataset.class_names)
-    with tqdm(total=study.total, desc="study", unit="run") as overall:
+    units = study.total + study.total_trials
+    with tqdm(total=units, desc="study", unit="run") as overall:
         for seed in cfg.seeds:
             split = split_dataset(dataset, seed)
             study.split_notes += [f"seed {seed}: {note}" for note in split.notes]
@@ -168,9 +192,14 @@ def _run_all(study: Study, out_dir: Path, registry: ModuleType, runner: ModuleTy
                         backbone, strategy, seed, cfg.data, dataset.synthetic, names, size,
                         out_dir,
                     )  # fmt: skip
+                    if cfg.sweep and seed == cfg.seeds[0]:
+                        overall.set_description(f"sweep {ctx.label}")
+                        study.sweeps.append(
+                            sweep_strategy(runner, cfg, ctx, data, on_trial=overall.update)
+                        )
                     overall.set_description(ctx.label)
                     data.reseed(seed)
-                    run = runner.run(cfg, ctx, data)
+                    run = runner.run(replace(cfg, **study.chosen(backbone, strategy)), ctx, data)
                     run["baselines"] = baselines
                     run["sanity"] = sanity_flags(run, baselines)
                     warn_if_flagged(run, overall.write)

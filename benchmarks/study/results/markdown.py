@@ -92,6 +92,39 @@ def determinism_section(meta: dict[str, Any]) -> list[str]:
     return [*lines, "", f"Framework settings: {settings}.", ""]
 
 
+def sweep_section(meta: dict[str, Any]) -> list[str]:
+    """The sweep's trials per strategy and what each strategy then ran with."""
+    sweep = meta.get("sweep")
+    if not sweep:
+        return []
+    grid = "; ".join(f"{name} ∈ {values}" for name, values in sweep["grid"].items())
+    rows = []
+    for result in sweep["results"]:
+        for trial in result["trials"]:
+            chosen = trial["setting"] == result["chosen"]
+            setting = ", ".join(f"{name} = {value:g}" for name, value in trial["setting"].items())
+            rows.append(
+                [
+                    result["backbone"], result["strategy"], setting or "–",
+                    _number(trial["val_loss"], "{:.4f}"), percent(trial["val_balanced_accuracy"]),
+                    f"{trial['epochs']} ({trial['best_epoch']})", f"{trial['wall_s']:.1f}",
+                    "**chosen**" if chosen else "",
+                ]
+            )  # fmt: skip
+    header = "Backbone|Strategy|Setting|Val. loss|Val. bal. ACC (%)|Epochs (best)|Wall (s)|Chosen"
+    return [
+        "## Sweep on the validation split",
+        "",
+        f"Grid: {grid}. Each strategy was trained once per setting on the split of seed "
+        f"{sweep['results'][0]['seed'] if sweep['results'] else '–'}; the setting whose final "
+        "model had the lowest validation loss was used for every seed. The test split was not "
+        "used.",
+        "",
+        *table(header, rows),
+        "",
+    ]
+
+
 def _summary_cell(summary: dict[str, Any] | None) -> str:
     if summary is None:
         return "–"
@@ -320,6 +353,7 @@ def render(
     lines = [f"# Fine-tuning study: {strategies}", "", *incomplete_banner(meta), *banner]
     lines += sanity_banner(runs)
     lines += setup_section(runs, meta)
+    lines += sweep_section(meta)
     lines += summary_section(runs, statistics)
     lines += per_run_section(runs)
     lines += paired_section(statistics)
