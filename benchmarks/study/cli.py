@@ -28,6 +28,7 @@ from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
+from benchmarks.study.suite import SUITES
 from benchmarks.study.sweep import SWEEPABLE, parse_sweep
 
 FRAMEWORKS = ("torch", "keras")
@@ -100,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted([*PRESETS, *SUITES]),
         default="quick",
-        help="starting configuration (default: quick); explicit flags override it",
+        help="starting configuration (default: quick); explicit flags override it; "
+        f"{', '.join(SUITES)} runs several studies (see benchmarks.study.suite)",
     )
     add("--framework", choices=FRAMEWORKS, help="deep-learning framework (quick: torch)")
     add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
@@ -224,10 +226,48 @@ def _default_out(cfg: StudyConfig, preset: str) -> Path:
     return Path("runs") / f"study-{preset}-{cfg.framework}-{stamp}"
 
 
+def _suite_flags(given: list[str]) -> list[str]:
+    """The flags of a suite command that every part receives (all but --preset and --out)."""
+    passed, skip = [], False
+    for item in given:
+        if skip:
+            skip = False
+        elif item in ("--preset", "--out"):
+            skip = True
+        elif not item.startswith(("--preset=", "--out=")):
+            passed.append(item)
+    return passed
+
+
+def _run_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, given: list[str]) -> int:
+    from benchmarks.study.suite import check_suite_flags, run_suite
+
+    flags = _suite_flags(given)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.out) if args.out else Path("runs") / f"suite-{args.preset}-{stamp}"
+    try:
+        check_suite_flags(args.preset, flags)
+        check_out_folder(out_dir)
+        for part in SUITES[args.preset]:  # every part's flags are checked before any runs
+            resolve_config(parser.parse_args(["--preset", part, *flags]))
+    except StudyConfigError as err:
+        parser.error(str(err))
+    try:
+        report, parts = run_suite(args.preset, out_dir, flags)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    print(f"\nSuite report: {report}")
+    return 0 if all(part["status"] == 0 for part in parts) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if args.preset in SUITES:
+        return _run_suite(parser, args, given)
     started = time.perf_counter()
     try:
         cfg = resolve_config(args)
@@ -244,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         check_out_folder(out_dir)
     except StudyConfigError as err:
         parser.error(str(err))
-    given = sys.argv[1:] if argv is None else argv
     command = shlex.join([sys.executable, "-m", "benchmarks.study", *given])
     try:
         report, runs = run_study(cfg, args.preset, out_dir, registry, runner, command)

@@ -1,6 +1,6 @@
 """Study presets: named starting configurations that command-line flags override.
 
-Two presets exist:
+The presets:
 
 * ``quick`` (the default): a scaled-down study that runs fully offline on a
   2-core CPU in a few minutes — EfficientNet-Lite0 with its real ImageNet
@@ -13,16 +13,32 @@ Two presets exist:
   a learning rate of 1e-4 and batches of 32 are *our* choice (see
   ``docs/study.md``). Meant for a GPU.
 
+* ``evidence-covid`` and ``evidence-pneumonia``: the two parts of the ``evidence`` suite
+  (``benchmarks.study.suite``): every strategy on one real shared data set, five seeds, the
+  learning rate swept per strategy on the validation split. They read the shared folder
+  (``$DYNFT_SHARED``, else ``shared`` beside the repository).
+
 Flags given explicitly on the command line override the preset's values.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from benchmarks.study.config import StudyConfig
+from benchmarks.study.config import StudyConfig, StudyConfigError
 from benchmarks.study.paper_defaults import PAPER_BACKBONES
+
+# The shared reference folder the evidence presets read (never copied into the repository).
+SHARED_FILES = {
+    "covid": "data/covid_cxr_128.npz",
+    "pneumonia": "data/pneumoniamnist.npz",
+    "mobilenet_v2": "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+EVIDENCE_SEEDS = (0, 1, 2, 3, 4)
+EVIDENCE_SWEEP = {"lr": (1e-4, 3e-4, 1e-3)}
 
 QUICK = StudyConfig()
 
@@ -41,7 +57,60 @@ PAPER = StudyConfig(
     threads=None,
 )
 
-PRESETS = {"quick": QUICK, "paper": PAPER}
+EVIDENCE_COVID = StudyConfig(
+    framework="keras",
+    data="{shared}/" + SHARED_FILES["covid"],
+    backbones=("mobilenet_v2",),
+    weights="{shared}/" + SHARED_FILES["mobilenet_v2"],
+    image_size=96,
+    epochs=30,
+    seeds=EVIDENCE_SEEDS,
+    patience=3,
+    sweep=EVIDENCE_SWEEP,
+)
+
+EVIDENCE_PNEUMONIA = StudyConfig(
+    framework="torch",
+    data="{shared}/" + SHARED_FILES["pneumonia"],
+    backbones=("efficientnet_lite0",),
+    image_size=28,
+    epochs=30,
+    seeds=EVIDENCE_SEEDS,
+    patience=3,
+    sweep=EVIDENCE_SWEEP,
+)
+
+PRESETS = {
+    "quick": QUICK,
+    "paper": PAPER,
+    "evidence-covid": EVIDENCE_COVID,
+    "evidence-pneumonia": EVIDENCE_PNEUMONIA,
+}
+
+
+def shared_folder() -> Path:
+    """``$DYNFT_SHARED``, else the ``shared`` folder beside the repository."""
+    default = Path(__file__).resolve().parents[3] / "shared"
+    return Path(os.environ.get("DYNFT_SHARED", default))
+
+
+def _with_shared_paths(config: StudyConfig, name: str) -> StudyConfig:
+    if "{shared}" not in config.data + config.weights:
+        return config
+    folder = shared_folder()
+    resolved = replace(
+        config,
+        data=config.data.format(shared=folder),
+        weights=config.weights.format(shared=folder),
+    )
+    for path in (resolved.data, resolved.weights):
+        if path not in ("imagenet", "none") and not Path(path).is_file():
+            raise StudyConfigError(
+                f"--preset {name} needs {path}, which does not exist; set DYNFT_SHARED to the "
+                "folder holding the shared data/ and weights/"
+            )
+    return resolved
+
 
 # The quick preset's backbone exists on PyTorch only; on Keras it runs
 # MobileNetV2, the paper's best model and the one real Keras weight file we know of.
@@ -52,17 +121,23 @@ def preset_config(name: str, framework: str | None = None) -> StudyConfig:
     """The preset ``name`` for ``framework`` (the preset's own framework when ``None``).
 
     Args:
-        name: ``"quick"`` or ``"paper"``.
+        name: A key of :data:`PRESETS`.
         framework: ``"torch"``, ``"keras"`` or ``None``. Defaults to ``None``.
 
     Raises:
         ValueError: Unknown preset name.
+        StudyConfigError: A shared file the preset reads is missing.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    config = PRESETS[name]
+    config = _with_shared_paths(PRESETS[name], name)
     if framework is None or framework == config.framework:
         return config
+    if config.weights not in ("imagenet", "none"):
+        raise StudyConfigError(
+            f"--preset {name} runs on {config.framework} with its weights file; drop "
+            f"--framework {framework}"
+        )
     changes: dict[str, Any] = {"framework": framework}
     if name == "quick" and framework == "keras":
         changes["backbones"] = _KERAS_QUICK_BACKBONES

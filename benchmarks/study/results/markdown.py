@@ -125,7 +125,8 @@ def sweep_section(meta: dict[str, Any]) -> list[str]:
     ]
 
 
-def _summary_cell(summary: dict[str, Any] | None) -> str:
+def summary_cell(summary: dict[str, Any] | None) -> str:
+    """``mean [low, high]`` in percent (the mean alone for one seed, ``–`` for none)."""
     if summary is None:
         return "–"
     if summary["n"] < 2:
@@ -151,7 +152,7 @@ def summary_section(runs: list[dict[str, Any]], statistics: dict[str, Any]) -> l
                 row["backbone"],
                 row["strategy"],
                 len(group),
-                *(_summary_cell(row.get(metric)) for metric in METRICS),
+                *(summary_cell(row.get(metric)) for metric in METRICS),
                 f"{sum(run['epochs'] for run in group) / len(group):.1f}",
                 f"{wall:.1f}",
                 f"**{flagged}**" if flagged else 0,

@@ -8,65 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.study.results.baselines import sanity_flags, trivial_baselines
 from benchmarks.study.results.compare import main as compare_main
 from benchmarks.study.results.markdown import SYNTHETIC_BANNER
-from benchmarks.study.results.metrics import classification_metrics
 from benchmarks.study.results.report import REQUIRED_RUN_KEYS, write_report
 
-CLASS_NAMES = ["Pneumonia", "COVID-19", "Atelectasis"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-TRAIN_LABELS = np.array([0] * 30 + [1] * 8 + [2] * 2)
-
-
-def _run(backbone: str, strategy: str, seed: int, rng, hit_rate: float = 0.75) -> dict:
-    truth = rng.integers(0, 3, 40)
-    predicted = np.where(rng.random(40) < hit_rate, truth, rng.integers(0, 3, 40))
-    dynamic = strategy == "dynamic"
-    events = [{"epoch": 3, "groups": [5, 6], "num_unfrozen": 2, "lr": 1e-4}] if dynamic else []
-    timeline = [
-        {
-            "epoch": epoch,
-            "train_loss": 1.0 / (epoch + 1),
-            "val_loss": 1.1 / (epoch + 1),
-            "lr": 1e-3 if epoch < 3 else 1e-4,
-            "num_unfrozen": 0 if epoch < 3 else 2,
-        }
-        for epoch in range(6)
-    ]
-    run = {
-        "framework": "torch",
-        "backbone": backbone,
-        "strategy": strategy,
-        "seed": seed,
-        "weights": "none (random init)",
-        "data": "phantom",
-        "synthetic": True,
-        "image_size": 32,
-        **classification_metrics(truth, predicted, CLASS_NAMES),
-        "class_names": CLASS_NAMES,
-        "epochs": 6,
-        "best_epoch": 4,
-        "wall_s": 1.25,
-        "size_mb": 3.5,
-        "load_s": 0.01,
-        "top_n": None if dynamic else 5,
-        "num_groups": 6 if dynamic else None,
-        "unfreeze_events": events,
-        "timeline": timeline,
-        "baselines": trivial_baselines(TRAIN_LABELS, truth, CLASS_NAMES),
-    }
-    run["sanity"] = sanity_flags(run, run["baselines"])
-    return run
-
-
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, fake_run):
     rng = np.random.default_rng(0)
     runs = [
-        _run(backbone, strategy, 0, rng, hit_rate=0.0 if backbone == "resnet50" else 0.75)
+        fake_run(backbone, strategy, 0, rng, hit_rate=0.0 if backbone == "resnet50" else 0.75)
         for backbone in ("mobilenet_v2", "resnet50")
         for strategy in ("traditional", "dynamic")
     ]
@@ -147,8 +100,10 @@ def test_compare_cli_reads_the_written_csv(study, capsys):
     assert "dynamic vs traditional" in output and "balanced_accuracy" in output
 
 
-def test_real_data_report_has_no_synthetic_banner_and_says_when_nothing_compares(tmp_path):
-    run = _run("vgg16", "dynamic", 0, np.random.default_rng(1))
+def test_real_data_report_has_no_synthetic_banner_and_says_when_nothing_compares(
+    tmp_path, fake_run
+):
+    run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(1))
     run.update(synthetic=False, timeline=[])
     text = write_report(
         tmp_path, [run], {"data": "covid_cxr_128.npz", "synthetic": False}
@@ -157,20 +112,20 @@ def test_real_data_report_has_no_synthetic_banner_and_says_when_nothing_compares
     assert "no other strategy: nothing to compare" in text
 
 
-def test_an_incomplete_study_carries_the_banner_top_and_bottom(tmp_path):
-    run = _run("vgg16", "dynamic", 0, np.random.default_rng(1))
+def test_an_incomplete_study_carries_the_banner_top_and_bottom(tmp_path, fake_run):
+    run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(1))
     meta = {"synthetic": True, "incomplete": "interrupted after 1 of 4 runs"}
     text = write_report(tmp_path, [run], meta).read_text()
     assert text.count("> **INCOMPLETE STUDY — interrupted after 1 of 4 runs.**") == 2
     assert text.index("INCOMPLETE") < text.index("## Setup")
 
 
-def test_bad_runs_are_rejected(tmp_path):
+def test_bad_runs_are_rejected(tmp_path, fake_run):
     with pytest.raises(ValueError, match="at least one run"):
         write_report(tmp_path, [], {})
     with pytest.raises(ValueError, match=r"run 0 lacks keys \['load_s'\]"):
         write_report(tmp_path, [{key: 0 for key in REQUIRED_RUN_KEYS if key != "load_s"}], {})
-    run = _run("vgg16", "dynamic", 0, np.random.default_rng(2))
+    run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(2))
     run["strategy"] = "gradual"
     with pytest.raises(ValueError, match="strategy 'gradual'"):
         write_report(tmp_path, [run], {})
