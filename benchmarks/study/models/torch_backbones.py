@@ -109,7 +109,7 @@ def trainable_parameters(group: list[nn.Module]) -> list[nn.Parameter]:
 
 
 class TorchClassifier(nn.Module):
-    """Backbone + linear head; the backbone always runs in inference mode.
+    """Backbone + zero-initialised linear head; the backbone always runs in inference mode.
 
     Keeping the whole backbone in eval mode freezes BatchNorm statistics (the
     paper's Eq. 11) and disables stochastic depth, exactly like calling a
@@ -125,6 +125,11 @@ class TorchClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(num_features, num_classes)
+        # A random head's logits scale with the pooled features (up to 6 per dimension after
+        # ReLU6): a short budget is spent undoing them, and in `full` their random gradients
+        # reach the pretrained layers first. A zero head starts at the uniform prediction.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def train(self, mode: bool = True) -> TorchClassifier:
         super().train(mode)

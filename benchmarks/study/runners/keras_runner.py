@@ -75,11 +75,19 @@ def configure(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def build_model(ctx: RunContext, weights: str) -> tuple[keras.Model, keras.Model, str]:
-    """Base + global average pooling + softmax head; returns (model, base, weights used)."""
+    """Base + global average pooling + zero-initialised softmax head; returns (model, base,
+    weights used)."""
     base, used = build_base(ctx.backbone, weights, ctx.image_size)
     inputs = keras.Input((ctx.image_size, ctx.image_size, 3))
     features = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
-    outputs = keras.layers.Dense(len(ctx.class_names), activation="softmax")(features)
+    # zero head: starts at the uniform prediction (see TorchClassifier for why)
+    head = keras.layers.Dense(
+        len(ctx.class_names),
+        activation="softmax",
+        kernel_initializer="zeros",
+        bias_initializer="zeros",
+    )
+    outputs = head(features)
     return keras.Model(inputs, outputs), base, used
 
 
