@@ -37,7 +37,8 @@ def percent(value: float | None, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}"
 
 
-def _number(value: float | None, pattern: str) -> str:
+def number(value: float | None, pattern: str) -> str:
+    """``pattern.format(value)``, or ``–`` when the value is missing or not finite."""
     return "–" if value is None or not math.isfinite(value) else pattern.format(value)
 
 
@@ -106,7 +107,7 @@ def sweep_section(meta: dict[str, Any]) -> list[str]:
             rows.append(
                 [
                     result["backbone"], result["strategy"], setting or "–",
-                    _number(trial["val_loss"], "{:.4f}"), percent(trial["val_balanced_accuracy"]),
+                    number(trial["val_loss"], "{:.4f}"), percent(trial["val_balanced_accuracy"]),
                     f"{trial['epochs']} ({trial['best_epoch']})", f"{trial['wall_s']:.1f}",
                     "**chosen**" if chosen else "",
                 ]
@@ -244,11 +245,11 @@ def paired_section(statistics: dict[str, Any]) -> list[str]:
     rows = [
         [
             other, METRIC_TITLES[metric], result["unit"], result["n"],
-            _number(100 * result["mean"], "{:+.2f}"),
-            f"[{_number(100 * result['ci95_low'], '{:+.2f}')}, "
-            f"{_number(100 * result['ci95_high'], '{:+.2f}')}]",
-            _number(result["t"], "{:.3f}"), result["df"], _number(result["p_t"], "{:.4f}"),
-            _number(result["wilcoxon_w"], "{:.1f}"), _number(result["p_wilcoxon"], "{:.4f}"),
+            number(100 * result["mean"], "{:+.2f}"),
+            f"[{number(100 * result['ci95_low'], '{:+.2f}')}, "
+            f"{number(100 * result['ci95_high'], '{:+.2f}')}]",
+            number(result["t"], "{:.3f}"), result["df"], number(result["p_t"], "{:.4f}"),
+            number(result["wilcoxon_w"], "{:.1f}"), number(result["p_wilcoxon"], "{:.4f}"),
             result["note"],
         ]
         for other, results in statistics["paired"].items()

@@ -11,7 +11,7 @@ from typing import Any
 from benchmarks.study.config import STRATEGIES
 from benchmarks.study.results.baselines import BASELINE_METRICS, BASELINE_NAMES
 from benchmarks.study.results.files import write_json_atomic, write_text_atomic
-from benchmarks.study.results.markdown import METRIC_TITLES, summary_cell, table
+from benchmarks.study.results.markdown import METRIC_TITLES, number, summary_cell, table
 from benchmarks.study.results.stats import compare_strategies, seed_summary
 
 
@@ -57,9 +57,11 @@ def _paired_rows(document: dict[str, Any]) -> list[list[Any]]:
             rows.append(
                 [
                     other, METRIC_TITLES[metric], result["n"],
-                    f"{100 * result['mean']:+.2f}",
-                    f"[{100 * result['ci95_low']:+.2f}, {100 * result['ci95_high']:+.2f}]",
-                    f"{result['p_t']:.4f}", f"{result['p_wilcoxon']:.4f}", result["note"],
+                    number(100 * result["mean"], "{:+.2f}"),
+                    f"[{number(100 * result['ci95_low'], '{:+.2f}')}, "
+                    f"{number(100 * result['ci95_high'], '{:+.2f}')}]",
+                    number(result["p_t"], "{:.4f}"), number(result["p_wilcoxon"], "{:.4f}"),
+                    result["note"],
                 ]
             )  # fmt: skip
     return rows
