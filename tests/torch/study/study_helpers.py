@@ -42,7 +42,7 @@ def _tiny_build(pretrained: bool, image_size: int) -> nn.Module:
 
 
 def register_tiny_backbone() -> str:
-    """Registers the tiny backbone (random init only) and returns its name."""
+    """Register the tiny backbone (random init only); returns its name."""
     spec = torch_backbones.TorchBackbone(
         TINY_BACKBONE,
         _tiny_build,
@@ -93,3 +93,7 @@ def run_tiny_study(backbone: str, weights: str, out: Path | str, *extra: str) ->
 def read_rows(out: Path) -> list[dict[str, str]]:
     with (out / "results.csv").open() as handle:
         return list(csv.DictReader(handle))
+
+
+# registered on import, so every test module that imports the name can run it
+register_tiny_backbone()

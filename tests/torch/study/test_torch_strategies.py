@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from study_helpers import TINY_BACKBONE
 
 from benchmarks.study.config import STRATEGIES, StudyConfig
 from benchmarks.study.data.batches import make_training_data
@@ -20,7 +21,8 @@ BATCH_NORMS = ("backbone.body.1.", "backbone.body.4.")
 LR = 0.01
 
 
-def _train(strategy: str, backbone: str, tmp_path: Path):
+def _train(strategy: str, tmp_path: Path):
+    backbone = TINY_BACKBONE
     dataset = make_phantom(84, 32, seed=0)
     split = split_dataset(dataset, 0)
     data = make_training_data(dataset.images, dataset.labels, split, 32, 7, 16, seed=0)
@@ -43,8 +45,8 @@ def _changed(changed: dict[str, bool], prefix: str) -> bool:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_each_strategy_changes_exactly_its_layers(strategy, tiny_backbone, tmp_path):
-    outcome, changed = _train(strategy, tiny_backbone, tmp_path)
+def test_each_strategy_changes_exactly_its_layers(strategy, tmp_path):
+    outcome, changed = _train(strategy, tmp_path)
     assert _changed(changed, "head.")
     for prefix in BATCH_NORMS:  # weights, biases and running statistics all frozen
         assert not _changed(changed, prefix), prefix
@@ -60,8 +62,8 @@ def test_each_strategy_changes_exactly_its_layers(strategy, tiny_backbone, tmp_p
 
 
 @pytest.mark.parametrize(("strategy", "factor"), [("two_stage", 0.1), ("dynamic", 0.9)])
-def test_staged_strategies_unfreeze_at_their_rate(strategy, factor, tiny_backbone, tmp_path):
-    outcome, _ = _train(strategy, tiny_backbone, tmp_path)
+def test_staged_strategies_unfreeze_at_their_rate(strategy, factor, tmp_path):
+    outcome, _ = _train(strategy, tmp_path)
     assert outcome.num_groups == (1 if strategy == "two_stage" else 2)
     events = outcome.unfreeze_events
     assert events, "patience 1 over 6 epochs unfreezes at the first miss"

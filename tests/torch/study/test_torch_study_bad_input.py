@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from study_helpers import TinyFeatures, read_rows, run_tiny_study
+from study_helpers import TINY_BACKBONE, TinyFeatures, read_rows, run_tiny_study
 
 from benchmarks.study import cli as study
 from benchmarks.study.runners import torch_runner
 
 
 def test_unavailable_imagenet_weights_give_a_clear_error(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = run_tiny_study(tiny_backbone, "imagenet", tmp_path / "x")
+    status = run_tiny_study(TINY_BACKBONE, "imagenet", tmp_path / "x")
     assert status == 1
     message = capsys.readouterr().err
     assert "could not load ImageNet weights for tiny_test_cnn" in message
@@ -25,28 +25,28 @@ def test_unavailable_imagenet_weights_give_a_clear_error(
 
 
 def test_bad_data_leaves_no_output_folder_and_an_empty_one_empty(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"not a zip" * 10)
     nested = tmp_path / "runs" / "study"
-    assert run_tiny_study(tiny_backbone, "none", nested, "--data", str(corrupt)) == 1
+    assert run_tiny_study(TINY_BACKBONE, "none", nested, "--data", str(corrupt)) == 1
     assert "is not a .npz archive" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # the parents it created went too
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run_tiny_study(tiny_backbone, "imagenet", empty) == 1
+    assert run_tiny_study(TINY_BACKBONE, "imagenet", empty) == 1
     assert empty.is_dir() and not list(empty.iterdir())
 
 
 def test_an_output_folder_holding_files_is_refused_before_training(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     used = tmp_path / "used"
     used.mkdir()
     (used / "report.md").write_text("an earlier study")
     with pytest.raises(SystemExit) as exit_info:
-        run_tiny_study(tiny_backbone, "none", used)
+        run_tiny_study(TINY_BACKBONE, "none", used)
     assert exit_info.value.code == 2
     assert f"--out {used} already holds files" in capsys.readouterr().err
     assert (used / "report.md").read_text() == "an earlier study"
@@ -54,7 +54,6 @@ def test_an_output_folder_holding_files_is_refused_before_training(
 
 def test_ctrl_c_writes_the_finished_runs_with_an_incomplete_banner(
     tmp_path: Path,
-    tiny_backbone: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -69,7 +68,7 @@ def test_ctrl_c_writes_the_finished_runs_with_an_incomplete_banner(
 
     monkeypatch.setattr(torch_runner, "run", run_then_interrupt)
     out = tmp_path / "interrupted"
-    status = run_tiny_study(tiny_backbone, "none", out, "--strategies", "linear_probe,dynamic")
+    status = run_tiny_study(TINY_BACKBONE, "none", out, "--strategies", "linear_probe,dynamic")
     assert status == 130
     assert "INCOMPLETE study, interrupted (Ctrl-C) after 1 of 2 runs" in capsys.readouterr().err
     report = (out / "report.md").read_text()
@@ -107,21 +106,21 @@ def test_a_weights_file_that_is_no_state_dict_gives_one_clear_error(
 
 
 def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "partial"
     status = run_tiny_study(
-        tiny_backbone,
+        TINY_BACKBONE,
         "none",
         str(out),
         "--top-n",
-        f"{tiny_backbone}=5",
+        f"{TINY_BACKBONE}=5",
         "--strategies",
         "dynamic,traditional",
     )
     assert status == 1
     err = capsys.readouterr().err
-    assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in err
+    assert f"--top-n {TINY_BACKBONE}=5 exceeds the 2 weight layers" in err
     assert "INCOMPLETE study, stopped by StudyConfigError after 1 of 2 runs" in err
     assert [row["strategy"] for row in read_rows(out)] == ["dynamic"]
     meta = json.loads((out / "results.json").read_text())["meta"]

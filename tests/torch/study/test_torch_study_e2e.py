@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from study_helpers import TINY_STUDY, read_rows, run_tiny_study
+from study_helpers import TINY_BACKBONE, TINY_STUDY, read_rows, run_tiny_study
 
 from benchmarks.study.config import STRATEGIES
 from benchmarks.study.results.repeatability import differences
@@ -86,12 +86,12 @@ def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> N
 
 
 def test_the_same_command_gives_identical_numbers_and_runs_do_not_depend_on_each_other(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name in ("first", "second"):
-        assert run_tiny_study(tiny_backbone, "none", tmp_path / name) == 0
+        assert run_tiny_study(TINY_BACKBONE, "none", tmp_path / name) == 0
     alone = tmp_path / "alone"
-    assert run_tiny_study(tiny_backbone, "none", alone, "--strategies", "two_stage") == 0
+    assert run_tiny_study(TINY_BACKBONE, "none", alone, "--strategies", "two_stage") == 0
     documents = {
         name: json.loads((tmp_path / name / "results.json").read_text())
         for name in ("first", "second", "alone")
@@ -104,9 +104,9 @@ def test_the_same_command_gives_identical_numbers_and_runs_do_not_depend_on_each
     assert "## Determinism" in report and "the sampler's epochs" in report
 
 
-def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str) -> None:
+def test_registered_backbone_runs_in_process(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
-    status = run_tiny_study(tiny_backbone, "none", out)
+    status = run_tiny_study(TINY_BACKBONE, "none", out)
     assert status == 0
     rows = read_rows(out)
     assert {row["weights"] for row in rows} == {"none (random init)"}

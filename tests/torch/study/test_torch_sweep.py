@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from study_helpers import run_tiny_study
+from study_helpers import TINY_BACKBONE, run_tiny_study
 
 from benchmarks.study.runners import torch_runner
 
 
 def test_each_strategy_runs_with_the_rate_its_validation_trials_chose(
-    tmp_path: Path, tiny_backbone: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     test_passes = []
     real_evaluate = torch_runner.evaluate
@@ -24,7 +24,7 @@ def test_each_strategy_runs_with_the_rate_its_validation_trials_chose(
     monkeypatch.setattr(torch_runner, "evaluate", evaluate)
     out = tmp_path / "swept"
     status = run_tiny_study(
-        tiny_backbone, "none", out, "--strategies", "full,dynamic", "--sweep", "lr=1e-3,3e-2"
+        TINY_BACKBONE, "none", out, "--strategies", "full,dynamic", "--sweep", "lr=1e-3,3e-2"
     )
     assert status == 0
     assert sum(test_passes) == 2  # the two runs; the four trials never saw the test split

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from fake_runs import fake_run
 
 from benchmarks.study.results.compare import main as compare_main
 from benchmarks.study.results.markdown import SYNTHETIC_BANNER
@@ -16,7 +17,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, fake_run):
+def study(tmp_path_factory):
     rng = np.random.default_rng(0)
     runs = [
         fake_run(backbone, strategy, 0, rng, hit_rate=0.0 if backbone == "resnet50" else 0.75)
@@ -101,7 +102,7 @@ def test_compare_cli_reads_the_written_csv(study, capsys):
 
 
 def test_real_data_report_has_no_synthetic_banner_and_says_when_nothing_compares(
-    tmp_path, fake_run
+    tmp_path,
 ):
     run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(1))
     run.update(synthetic=False, timeline=[])
@@ -112,7 +113,7 @@ def test_real_data_report_has_no_synthetic_banner_and_says_when_nothing_compares
     assert "no other strategy: nothing to compare" in text
 
 
-def test_an_incomplete_study_carries_the_banner_top_and_bottom(tmp_path, fake_run):
+def test_an_incomplete_study_carries_the_banner_top_and_bottom(tmp_path):
     run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(1))
     meta = {"synthetic": True, "incomplete": "interrupted after 1 of 4 runs"}
     text = write_report(tmp_path, [run], meta).read_text()
@@ -120,7 +121,7 @@ def test_an_incomplete_study_carries_the_banner_top_and_bottom(tmp_path, fake_ru
     assert text.index("INCOMPLETE") < text.index("## Setup")
 
 
-def test_bad_runs_are_rejected(tmp_path, fake_run):
+def test_bad_runs_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="at least one run"):
         write_report(tmp_path, [], {})
     with pytest.raises(ValueError, match=r"run 0 lacks keys \['load_s'\]"):

@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from fake_runs import fake_run
 
 from benchmarks.study import cli, suite
 from benchmarks.study.config import StudyConfigError
@@ -15,7 +16,7 @@ from benchmarks.study.results.report import write_results
 PARTS = ("evidence-covid", "evidence-pneumonia")
 
 
-def _fake_part(out, fake_run, failing=False):
+def _fake_part(out, failing=False):
     """What a part leaves: results.json of two strategies over three seeds."""
     out.mkdir(parents=True)
     rng = np.random.default_rng(len(str(out)))
@@ -46,13 +47,13 @@ def test_the_parts_get_every_flag_but_preset_and_out():
         suite.check_suite_flags("evidence", ["--framework", "torch", "--data=x.npz"])
 
 
-def test_run_suite_runs_each_part_into_its_folder_and_reports_them(tmp_path, fake_run, monkeypatch):
+def test_run_suite_runs_each_part_into_its_folder_and_reports_them(tmp_path, monkeypatch):
     commands = []
 
     def call(command):
         commands.append(command)
         out = tmp_path / "suite" / command[command.index("--out") + 1].split("/")[-1]
-        _fake_part(out, fake_run, failing=out.name == PARTS[1])
+        _fake_part(out, failing=out.name == PARTS[1])
         return 130 if out.name == PARTS[1] else 0
 
     monkeypatch.setattr(subprocess, "call", call)

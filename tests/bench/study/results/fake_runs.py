@@ -1,9 +1,8 @@
-"""Fixtures of the framework-free study tests: run dicts shaped like the runners' output."""
+"""Run dicts shaped like the runners' output (real metrics and baselines, no training)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from benchmarks.study.results.baselines import sanity_flags, trivial_baselines
 from benchmarks.study.results.metrics import classification_metrics
@@ -54,9 +53,3 @@ def fake_run(backbone: str, strategy: str, seed: int, rng, hit_rate: float = 0.7
     }
     run["sanity"] = sanity_flags(run, run["baselines"])
     return run
-
-
-@pytest.fixture(name="fake_run", scope="session")
-def fake_run_fixture():
-    """:func:`fake_run`: a run dict with real metrics and baselines, no training."""
-    return fake_run
