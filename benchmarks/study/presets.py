@@ -57,28 +57,28 @@ PAPER = StudyConfig(
     threads=None,
 )
 
-EVIDENCE_COVID = StudyConfig(
-    framework="keras",
-    data="{shared}/" + SHARED_FILES["covid"],
-    backbones=("mobilenet_v2",),
-    weights="{shared}/" + SHARED_FILES["mobilenet_v2"],
-    image_size=96,
-    epochs=30,
-    seeds=EVIDENCE_SEEDS,
-    patience=3,
-    sweep=EVIDENCE_SWEEP,
-)
 
-EVIDENCE_PNEUMONIA = StudyConfig(
-    framework="torch",
-    data="{shared}/" + SHARED_FILES["pneumonia"],
-    backbones=("efficientnet_lite0",),
-    image_size=28,
-    epochs=30,
-    seeds=EVIDENCE_SEEDS,
-    patience=3,
-    sweep=EVIDENCE_SWEEP,
+def _evidence_part(
+    framework: str, data: str, backbone: str, weights: str, size: int
+) -> StudyConfig:
+    """One part of the evidence suite: every strategy, five seeds, the learning rate swept."""
+    return StudyConfig(
+        framework=framework,
+        data="{shared}/" + SHARED_FILES[data],
+        backbones=(backbone,),
+        weights=weights,
+        image_size=size,
+        epochs=30,
+        seeds=EVIDENCE_SEEDS,
+        patience=3,
+        sweep=EVIDENCE_SWEEP,
+    )
+
+
+EVIDENCE_COVID = _evidence_part(
+    "keras", "covid", "mobilenet_v2", "{shared}/" + SHARED_FILES["mobilenet_v2"], 96
 )
+EVIDENCE_PNEUMONIA = _evidence_part("torch", "pneumonia", "efficientnet_lite0", "imagenet", 28)
 
 PRESETS = {
     "quick": QUICK,

@@ -30,6 +30,7 @@ from benchmarks.study.runners.records import (
     median_load_seconds,
     run_record,
     unfreeze_events,
+    validation_summary,
 )
 from benchmarks.study.runners.strategies import FIXED_DEPTH, fixed_depth, staged_plan
 
@@ -169,8 +170,7 @@ def validation_scores(model: Any, ctx: RunContext, data: TrainingData) -> dict[s
     # clipped like Keras' sparse categorical cross-entropy
     loss = float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
     predictions = np.argmax(probabilities, axis=1)
-    scores = classification_metrics(data.val.labels, predictions, ctx.class_names)
-    return {"loss": loss, "balanced_accuracy": scores["balanced_accuracy"]}
+    return validation_summary(loss, data.val.labels, predictions, ctx.class_names)
 
 
 def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:

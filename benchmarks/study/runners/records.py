@@ -162,6 +162,16 @@ def run_record(
     }
 
 
+def validation_summary(
+    loss: float, labels: Any, predictions: Any, class_names: list[str]
+) -> dict[str, float]:
+    """``{"loss", "balanced_accuracy"}`` of a final model on the validation split."""
+    from benchmarks.study.results.metrics import classification_metrics
+
+    scores = classification_metrics(labels, predictions, class_names)
+    return {"loss": float(loss), "balanced_accuracy": scores["balanced_accuracy"]}
+
+
 def file_size_mb(path: Path) -> float:
     """Size on disk in MB (10**6 bytes) of a file or of every file below a folder."""
     if path.is_dir():

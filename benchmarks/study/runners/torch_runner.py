@@ -38,6 +38,7 @@ from benchmarks.study.runners.records import (
     run_record,
     timeline_entry,
     unfreeze_events,
+    validation_summary,
 )
 from benchmarks.study.runners.strategies import (
     FIXED_DEPTH,
@@ -233,8 +234,7 @@ def validation_scores(model: Any, ctx: RunContext, data: TrainingData) -> dict[s
     """Validation loss and balanced accuracy of the trained model (what a sweep selects on)."""
     preprocess = get_backbone(ctx.backbone).preprocess
     loss, predictions = evaluate(model, data, data.val, preprocess, device())
-    scores = classification_metrics(data.val.labels, predictions, ctx.class_names)
-    return {"loss": loss, "balanced_accuracy": scores["balanced_accuracy"]}
+    return validation_summary(loss, data.val.labels, predictions, ctx.class_names)
 
 
 def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,20 +23,9 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
     pytest.skip("the Keras study test runs on the TensorFlow backend", allow_module_level=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-TINY_STUDY = [
-    "--phantom-images",
-    "100",
-    "--image-size",
-    "32",
-    "--epochs",
-    "2",
-    "--patience",
-    "1",
-    "--seeds",
-    "0",
-    "--batch-size",
-    "16",
-]
+TINY_STUDY = shlex.split(
+    "--phantom-images 100 --image-size 32 --epochs 2 --patience 1 --seeds 0 --batch-size 16"
+)
 
 
 def run_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ and a tiny in-process study."""
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 
 import torch
@@ -56,20 +57,9 @@ def register_tiny_backbone() -> str:
     return spec.name
 
 
-TINY_STUDY = [
-    "--phantom-images",
-    "120",
-    "--image-size",
-    "32",
-    "--epochs",
-    "3",
-    "--patience",
-    "1",
-    "--seeds",
-    "0",
-    "--batch-size",
-    "16",
-]
+TINY_STUDY = shlex.split(
+    "--phantom-images 120 --image-size 32 --epochs 3 --patience 1 --seeds 0 --batch-size 16"
+)
 
 
 def run_tiny_study(backbone: str, weights: str, out: Path | str, *extra: str) -> int:
