@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
     add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")
     add("--batch-size", type=int, help="mini-batch size (default: 32)")
-    add("--lr", type=float, help="Adam learning rate (quick: 3e-4; paper: 1e-4)")
+    add("--lr", type=float, help="Adam learning rate (quick: 1e-3; paper: 1e-4)")
     add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
     add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")

@@ -32,7 +32,9 @@ class StudyConfig:
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
         batch_size: Mini-batch size of every strategy. Defaults to 32.
-        lr: Initial learning rate of Adam, the same for every strategy. Defaults to 3e-4.
+        lr: Initial learning rate of Adam, the same for every strategy. Defaults to 1e-3, at
+            which the zero head converges within a few epochs, so that the staged strategies
+            reach a plateau and unfreeze inside the quick preset's 12 epochs.
         patience: ``p``: the plateau patience of the staged strategies and the early-stopping
             patience of the fixed-depth ones. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
@@ -60,7 +62,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0,)
     weights: str = "imagenet"
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     patience: int = 2
     step: int = 3
     decay: float = 0.1
