@@ -38,7 +38,11 @@ SHARED_FILES = {
     "mobilenet_v2": "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
 }
 EVIDENCE_SEEDS = (0, 1, 2, 3, 4)
-EVIDENCE_SWEEP = {"lr": (1e-4, 3e-4, 1e-3)}
+# Sized for a few hours on a 2-core CPU (docs/benchmarks.md): 5 seeds x 5 strategies plus
+# 2 sweep trials per strategy, per data set, at 12 epochs.
+EVIDENCE_SWEEP = {"lr": (3e-4, 1e-3)}
+EVIDENCE_EPOCHS = 12
+EVIDENCE_PATIENCE = 2
 
 QUICK = StudyConfig()
 
@@ -68,9 +72,9 @@ def _evidence_part(
         backbones=(backbone,),
         weights=weights,
         image_size=size,
-        epochs=30,
+        epochs=EVIDENCE_EPOCHS,
         seeds=EVIDENCE_SEEDS,
-        patience=3,
+        patience=EVIDENCE_PATIENCE,
         sweep=EVIDENCE_SWEEP,
     )
 
