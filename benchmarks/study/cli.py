@@ -1,4 +1,4 @@
-"""Traditional vs dynamic fine-tuning over several backbones: ``python -m benchmarks.study``.
+"""The study's command line: ``python -m benchmarks.study``.
 
 Examples::
 
@@ -23,13 +23,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.study.config import BALANCE_MODES, STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
+from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
+from benchmarks.study.suite import SUITES
+from benchmarks.study.sweep import SWEEPABLE, parse_sweep
 
 FRAMEWORKS = ("torch", "keras")
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 FRAMEWORKS = ("torch", "keras")
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 
 class UsageError(StudyConfigError):
@@ -58,7 +64,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
-    """``"traditional,dynamic"`` -> a tuple of known strategy names."""
+    """``"full,dynamic"`` -> a tuple of known strategy names, in the order given."""
     strategies = _csv_list("--strategies", text)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -89,38 +95,47 @@ def build_parser() -> argparse.ArgumentParser:
     """The study's argument parser (every default is ``None``: the preset decides)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.study",
-        description="Compare traditional top-n fine-tuning with dynamic fine-tuning.",
+        description="Compare fine-tuning strategies (linear probe, full, the paper's traditional "
+        "top-n, two-stage, dynamic) on one data set.",
     )
     add = parser.add_argument
     add(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted([*PRESETS, *SUITES]),
         default="quick",
-        help="starting configuration (default: quick); explicit flags override it",
+        help="starting configuration (default: quick); explicit flags override it; "
+        f"{', '.join(SUITES)} runs several studies (see benchmarks.study.suite)",
     )
     add("--framework", choices=FRAMEWORKS, help="deep-learning framework (quick: torch)")
     add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
     add("--backbones", help="comma-separated backbone names, or 'all'")
-    add("--strategies", help="comma-separated subset of traditional,dynamic (default: both)")
-    add("--image-size", help="input side in pixels, or 'native' (quick: 96; paper: native)")
-    add("--epochs", type=int, help="epoch budget n of both strategies (quick: 20; paper: 100)")
+    add("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)} (default: all)")
+    add("--image-size", help="input side in pixels, or 'native' (quick: 64; paper: native)")
+    add("--epochs", type=int, help="epoch budget n of every strategy (quick: 12; paper: 100)")
     add("--seeds", help="comma-separated seeds, one run each (quick: 0; paper: 0,1,2)")
     add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
     add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")
     add("--batch-size", type=int, help="mini-batch size (default: 32)")
-    add("--lr", type=float, help="Adam learning rate (quick: 3e-4; paper: 1e-4)")
+    add("--lr", type=float, help="Adam learning rate (quick: 1e-3; paper: 1e-4)")
     add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
     add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
     add("--top-n", help="traditional layers unfrozen, e.g. resnet50=10,vgg16=4")
-    add("--phantom-images", type=int, help="phantom data set size (quick: 800)")
+    add("--phantom-images", type=int, help="phantom data set size (quick: 600)")
     add(
         "--balance",
         choices=BALANCE_MODES,
-        help="class-imbalance remedy: both (Eq. 14 weights + balanced batches, "
-        "default), weights, or sampler",
+        help="class-imbalance handling: tempered (default: sqrt-frequency batches + Eq. 14 "
+        "on the sampled shares), sampler, weights, both (the two compounded), none",
     )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
+    add(
+        "--sweep",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="sweep a setting per strategy on the validation split before the runs, e.g. "
+        f"lr=1e-4,3e-4,1e-3 (sweepable: {', '.join(SWEEPABLE)}); repeat for more settings",
+    )
     return parser
 
 
@@ -146,6 +161,8 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["balance"] = args.balance
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
+    if args.sweep is not None:
+        changes["sweep"] = parse_sweep(args.sweep)
     from benchmarks.study.data.phantom import CLASS_NAMES, MIN_IMAGES_PER_CLASS
 
     for flag, value, minimum in (
@@ -209,25 +226,70 @@ def _default_out(cfg: StudyConfig, preset: str) -> Path:
     return Path("runs") / f"study-{preset}-{cfg.framework}-{stamp}"
 
 
+def _suite_flags(given: list[str]) -> list[str]:
+    """The flags of a suite command that every part receives (all but --preset and --out)."""
+    passed, skip = [], False
+    for item in given:
+        if skip:
+            skip = False
+        elif item in ("--preset", "--out"):
+            skip = True
+        elif not item.startswith(("--preset=", "--out=")):
+            passed.append(item)
+    return passed
+
+
+def _run_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, given: list[str]) -> int:
+    from benchmarks.study.suite import check_suite_flags, run_suite
+
+    flags = _suite_flags(given)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.out) if args.out else Path("runs") / f"suite-{args.preset}-{stamp}"
+    try:
+        check_suite_flags(args.preset, flags)
+        check_out_folder(out_dir)
+        for part in SUITES[args.preset]:  # every part's flags are checked before any runs
+            resolve_config(parser.parse_args(["--preset", part, *flags]))
+    except StudyConfigError as err:
+        parser.error(str(err))
+    try:
+        report, parts = run_suite(args.preset, out_dir, flags)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    print(f"\nSuite report: {report}")
+    return 0 if all(part["status"] == 0 for part in parts) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if args.preset in SUITES:
+        return _run_suite(parser, args, given)
     started = time.perf_counter()
     try:
         cfg = resolve_config(args)
         registry, runner = framework_modules(cfg.framework)
         cfg = resolve_backbones(args.backbones, cfg, registry)
-    except UsageError as err:
+    except StudyConfigError as err:  # every value is checked before anything runs
         parser.error(str(err))
     from benchmarks.study.data.dataset import DataError
-    from benchmarks.study.driver import print_summary, run_study
+    from benchmarks.study.driver import run_study
+    from benchmarks.study.results.console import print_summary
 
     out_dir = Path(args.out) if args.out else _default_out(cfg, args.preset)
-    given = sys.argv[1:] if argv is None else argv
+    try:
+        check_out_folder(out_dir)
+    except StudyConfigError as err:
+        parser.error(str(err))
     command = shlex.join([sys.executable, "-m", "benchmarks.study", *given])
     try:
         report, runs = run_study(cfg, args.preset, out_dir, registry, runner, command)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     except (DataError, StudyConfigError, WeightsUnavailableError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

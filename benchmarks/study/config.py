@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmarks.study.data.balance import DEFAULT_BALANCE
+
 
 class StudyConfigError(ValueError):
     """A study setting is invalid (the message names the value and what is allowed)."""
 
 
-# The two fine-tuning strategies the study compares, baseline first.
-STRATEGIES = ("traditional", "dynamic")
-# How class imbalance is countered: both remedies (the paper), Eq. 14 loss weights, or sampling.
-BALANCE_MODES = ("both", "weights", "sampler")
+# The fine-tuning strategies the study compares (see benchmarks.study.runners.strategies), in
+# report order: the three fixed-depth baselines around the paper's, the two staged ones last.
+STRATEGIES = ("linear_probe", "full", "traditional", "two_stage", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -24,24 +25,29 @@ class StudyConfig:
         data: Data source for ``benchmarks.study.data.sources.load_dataset``. Defaults to
             ``"phantom"``.
         backbones: Backbone names. Defaults to ``("efficientnet_lite0",)``.
-        strategies: ``"traditional"`` and/or ``"dynamic"``. Defaults to both.
+        strategies: Any subset of :data:`STRATEGIES`. Defaults to all five.
         image_size: Square input size in pixels; ``None`` means each backbone's
-            native size. Defaults to 96.
-        epochs: Epoch budget ``n`` shared by both strategies. Defaults to 20.
+            native size. Defaults to 64.
+        epochs: Epoch budget ``n`` shared by every strategy. Defaults to 12.
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
-        batch_size: Mini-batch size for both strategies. Defaults to 32.
-        lr: Initial learning rate of Adam for both strategies. Defaults to 3e-4.
-        patience: ``p``: dynamic plateau patience and traditional early-stopping
-            patience. Defaults to 2.
+        batch_size: Mini-batch size of every strategy. Defaults to 32.
+        lr: Initial learning rate of Adam, the same for every strategy. Defaults to 1e-3, at
+            which the zero head converges within a few epochs, so that the staged strategies
+            reach a plateau and unfreeze inside the quick preset's 12 epochs.
+        patience: ``p``: the plateau patience of the staged strategies and the early-stopping
+            patience of the fixed-depth ones. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
         decay: Learning-rate decay per unfreeze (dynamic). Defaults to 0.1.
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
-        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 800.
+        phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 600.
         phantom_size: Side of the generated phantom images. Defaults to 96.
-        balance: ``"both"`` (Eq. 14 loss weights and class-balanced batches,
-            as the paper describes), ``"weights"`` or ``"sampler"`` alone.
-            Defaults to ``"both"`` (see ``benchmarks.study.data.batches.TrainingData``).
+        balance: Class-imbalance handling, one of
+            ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
+            sqrt-frequency sampler with Eq. 14 computed on the sampled shares, one correction.
+        sweep: Settings swept per strategy on the validation split before the runs, e.g.
+            ``{"lr": (1e-4, 3e-4, 1e-3)}`` (see ``benchmarks.study.sweep``); empty (the
+            default) runs every strategy with the values above.
         threads: Intra-op CPU threads of the framework; ``None`` keeps its
             default. Defaults to 1: on a shared 2-core CPU one thread trained
             EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
@@ -51,19 +57,20 @@ class StudyConfig:
     data: str = "phantom"
     backbones: tuple[str, ...] = ("efficientnet_lite0",)
     strategies: tuple[str, ...] = STRATEGIES
-    image_size: int | None = 96
-    epochs: int = 20
+    image_size: int | None = 64
+    epochs: int = 12
     seeds: tuple[int, ...] = (0,)
     weights: str = "imagenet"
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     patience: int = 2
     step: int = 3
     decay: float = 0.1
     top_n: dict[str, int] = field(default_factory=dict)
-    phantom_images: int = 800
+    phantom_images: int = 600
     phantom_size: int = 96
-    balance: str = "both"
+    balance: str = DEFAULT_BALANCE
+    sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     threads: int | None = 1
 
     def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:

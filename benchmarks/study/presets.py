@@ -1,10 +1,10 @@
 """Study presets: named starting configurations that command-line flags override.
 
-Two presets exist:
+The presets:
 
 * ``quick`` (the default): a scaled-down study that runs fully offline on a
   2-core CPU in a few minutes — EfficientNet-Lite0 with its real ImageNet
-  weights (PyTorch), the built-in phantom data, both strategies, one seed,
+  weights (PyTorch), the built-in phantom data, all five strategies, one seed,
   small images, a short epoch budget and a small patience so that unfreezes
   really happen within that budget.
 * ``paper``: the configuration of the paper's Section IV — all seven
@@ -13,16 +13,36 @@ Two presets exist:
   a learning rate of 1e-4 and batches of 32 are *our* choice (see
   ``docs/study.md``). Meant for a GPU.
 
+* ``evidence-covid`` and ``evidence-pneumonia``: the two parts of the ``evidence`` suite
+  (``benchmarks.study.suite``): every strategy on one real shared data set, five seeds, the
+  learning rate swept per strategy on the validation split. They read the shared folder
+  (``$DYNFT_SHARED``, else ``shared`` beside the repository).
+
 Flags given explicitly on the command line override the preset's values.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from benchmarks.study.config import StudyConfig
+from benchmarks.study.config import StudyConfig, StudyConfigError
 from benchmarks.study.paper_defaults import PAPER_BACKBONES
+
+# The shared reference folder the evidence presets read (never copied into the repository).
+SHARED_FILES = {
+    "covid": "data/covid_cxr_128.npz",
+    "pneumonia": "data/pneumoniamnist.npz",
+    "mobilenet_v2": "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+EVIDENCE_SEEDS = (0, 1, 2, 3, 4)
+# Sized for a few hours on a 2-core CPU (docs/benchmarks.md): 5 seeds x 5 strategies plus
+# 2 sweep trials per strategy, per data set, at 12 epochs.
+EVIDENCE_SWEEP = {"lr": (3e-4, 1e-3)}
+EVIDENCE_EPOCHS = 12
+EVIDENCE_PATIENCE = 2
 
 QUICK = StudyConfig()
 
@@ -41,7 +61,60 @@ PAPER = StudyConfig(
     threads=None,
 )
 
-PRESETS = {"quick": QUICK, "paper": PAPER}
+
+def _evidence_part(
+    framework: str, data: str, backbone: str, weights: str, size: int
+) -> StudyConfig:
+    """One part of the evidence suite: every strategy, five seeds, the learning rate swept."""
+    return StudyConfig(
+        framework=framework,
+        data="{shared}/" + SHARED_FILES[data],
+        backbones=(backbone,),
+        weights=weights,
+        image_size=size,
+        epochs=EVIDENCE_EPOCHS,
+        seeds=EVIDENCE_SEEDS,
+        patience=EVIDENCE_PATIENCE,
+        sweep=EVIDENCE_SWEEP,
+    )
+
+
+EVIDENCE_COVID = _evidence_part(
+    "keras", "covid", "mobilenet_v2", "{shared}/" + SHARED_FILES["mobilenet_v2"], 96
+)
+EVIDENCE_PNEUMONIA = _evidence_part("torch", "pneumonia", "efficientnet_lite0", "imagenet", 28)
+
+PRESETS = {
+    "quick": QUICK,
+    "paper": PAPER,
+    "evidence-covid": EVIDENCE_COVID,
+    "evidence-pneumonia": EVIDENCE_PNEUMONIA,
+}
+
+
+def shared_folder() -> Path:
+    """``$DYNFT_SHARED``, else the ``shared`` folder beside the repository."""
+    default = Path(__file__).resolve().parents[3] / "shared"
+    return Path(os.environ.get("DYNFT_SHARED", default))
+
+
+def _with_shared_paths(config: StudyConfig, name: str) -> StudyConfig:
+    if "{shared}" not in config.data + config.weights:
+        return config
+    folder = shared_folder()
+    resolved = replace(
+        config,
+        data=config.data.format(shared=folder),
+        weights=config.weights.format(shared=folder),
+    )
+    for path in (resolved.data, resolved.weights):
+        if path not in ("imagenet", "none") and not Path(path).is_file():
+            raise StudyConfigError(
+                f"--preset {name} needs {path}, which does not exist; set DYNFT_SHARED to the "
+                "folder holding the shared data/ and weights/"
+            )
+    return resolved
+
 
 # The quick preset's backbone exists on PyTorch only; on Keras it runs
 # MobileNetV2, the paper's best model and the one real Keras weight file we know of.
@@ -52,17 +125,23 @@ def preset_config(name: str, framework: str | None = None) -> StudyConfig:
     """The preset ``name`` for ``framework`` (the preset's own framework when ``None``).
 
     Args:
-        name: ``"quick"`` or ``"paper"``.
+        name: A key of :data:`PRESETS`.
         framework: ``"torch"``, ``"keras"`` or ``None``. Defaults to ``None``.
 
     Raises:
         ValueError: Unknown preset name.
+        StudyConfigError: A shared file the preset reads is missing.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    config = PRESETS[name]
+    config = _with_shared_paths(PRESETS[name], name)
     if framework is None or framework == config.framework:
         return config
+    if config.weights not in ("imagenet", "none"):
+        raise StudyConfigError(
+            f"--preset {name} runs on {config.framework} with its weights file; drop "
+            f"--framework {framework}"
+        )
     changes: dict[str, Any] = {"framework": framework}
     if name == "quick" and framework == "keras":
         changes["backbones"] = _KERAS_QUICK_BACKBONES

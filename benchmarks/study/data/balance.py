@@ -1,8 +1,36 @@
-"""Class imbalance handling from the paper: Eq. 14 weights, balanced sampling, minority classes."""
+"""Class imbalance: the paper's two remedies (weighted sampling, Eq. 14 weights) as ONE correction.
+
+The paper counters imbalance with a class-balanced sampler that guarantees "a representative
+proportion of minority-class samples" per batch *and* the Eq. 14 loss weights
+``w_i = N / (C * n_i)``. Each remedy alone already gives every class the same total weight in the
+training objective; applying both multiplies the corrections (a class's weight becomes
+proportional to ``1 / n_i``), which on long-tailed data trains classifiers that predict almost only
+the rarest classes. Read together, the two remedies share one correction: the sampler draws class
+``i`` with share ``q_i``, and Eq. 14 is computed on what the sampler delivers (``n_i / N`` replaced
+by ``q_i``), ``w_i = 1 / (C * q_i)``, so that ``q_i * w_i = 1 / C`` for every class whatever the
+sampler does. The default, ``tempered``, draws ``q_i ∝ sqrt(n_i)``: every batch holds minority
+images (unlike natural shuffling) without equalising the classes, and the weights carry the rest.
+
+Modes (:data:`BALANCE_MODES`), by the share of the training objective each class ends up with:
+
+* ``tempered`` (default): sqrt-frequency sampler + Eq. 14 on the sampled shares -> ``1 / C``.
+* ``sampler``: class-balanced sampler, unweighted loss -> ``1 / C``.
+* ``weights``: natural shuffled epochs, Eq. 14 weights -> ``1 / C``.
+* ``both``: class-balanced sampler *and* Eq. 14 on the natural counts -> ``∝ 1 / n_i``
+  (the corrections compound; kept to reproduce that reading).
+* ``none``: natural shuffled epochs, unweighted loss -> ``n_i / N`` (no correction).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+BALANCE_MODES = ("tempered", "sampler", "weights", "both", "none")
+DEFAULT_BALANCE = "tempered"
+# q_i ∝ n_i ** TEMPERING in the tempered mode: 0 would equalise the classes, 1 keep them natural.
+TEMPERING = 0.5
 
 
 def _checked_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -35,36 +63,131 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """
     labels = _checked_labels(labels, num_classes)
     counts = np.bincount(labels, minlength=num_classes).astype(float)
+    return weights_for_shares(counts / len(labels), num_classes)
+
+
+def weights_for_shares(shares: np.ndarray, num_classes: int) -> np.ndarray:
+    """Eq. 14 on the class shares the loss sees: ``w_i = 1 / (C * q_i)``, 0 where ``q_i = 0``.
+
+    With the natural shares ``q_i = n_i / N`` this is :func:`class_weights`; with a sampler's
+    shares it is the correction the sampler left to do.
+    """
+    shares = np.asarray(shares, dtype=float)
     weights = np.zeros(num_classes)
-    present = counts > 0
-    weights[present] = len(labels) / (num_classes * counts[present])
+    drawn = shares > 0
+    weights[drawn] = 1.0 / (num_classes * shares[drawn])
     return weights
 
 
-def balanced_indices(labels: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices for one class-balanced epoch, drawn with replacement.
-
-    Every class present in ``labels`` is equally likely per draw, and images within a class are
-    equally likely, so minority images recur and majority images are subsampled.
+def sampling_shares(labels: np.ndarray, num_classes: int, tempering: float) -> np.ndarray:
+    """Share of each class among the draws of a sampler with ``q_i ∝ n_i ** tempering``.
 
     Args:
-        labels: Integer labels of the training images (``>= 0``).
+        labels: Integer training labels in ``[0, num_classes)``.
+        num_classes: Number of classes ``C``.
+        tempering: 0 draws every present class equally (class-balanced), 1 keeps the natural
+            frequencies; in between tempers them.
+
+    Returns:
+        float64 array ``(num_classes,)`` summing to 1; classes without images get 0.
+    """
+    if not 0.0 <= tempering <= 1.0:
+        raise ValueError(f"tempering must lie in [0, 1], got {tempering!r}")
+    labels = _checked_labels(labels, num_classes)
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    strength = np.where(counts > 0, counts**tempering, 0.0)
+    return strength / strength.sum()
+
+
+def stratified_epoch(
+    labels: np.ndarray, shares: np.ndarray, num_samples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of one sampled epoch in which every class keeps its share in every stretch.
+
+    Class ``i`` gets ``m_i = num_samples * shares[i]`` draws (largest remainder, so the epoch's
+    composition is exact). Within a class, images are drawn in shuffled rounds, so a minority
+    image recurs evenly instead of at random and a majority class shows a fresh subset each
+    epoch. Each class's draws are then evenly spaced through the epoch (one random offset per
+    class): consecutive draws of class ``i`` lie at most ``num_samples / m_i + C - 1`` positions
+    apart, so a class drawn at least once per ``B - C + 1`` images appears in every batch of
+    ``B``. This is the paper's "representative proportion of minority-class samples" per batch.
+
+    Args:
+        labels: Integer labels of the training images.
+        shares: Share of each class among the draws (from :func:`sampling_shares`).
         num_samples: Number of indices to draw (usually the training set size).
-        rng: NumPy generator that makes the draw reproducible.
+        rng: NumPy generator that makes the epoch reproducible.
 
     Returns:
         int64 array ``(num_samples,)`` of positions into ``labels``.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    labels = _checked_labels(labels, len(shares))
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    labels = _checked_labels(labels, int(labels.max()) + 1)
-    counts = np.bincount(labels)
-    present_classes = np.count_nonzero(counts)
-    probabilities = 1.0 / (present_classes * counts[labels])
-    return rng.choice(len(labels), size=num_samples, replace=True, p=probabilities).astype(np.int64)
+    counts = np.bincount(labels, minlength=len(shares))
+    if np.any((np.asarray(shares) > 0) & (counts == 0)):
+        raise ValueError("shares give draws to a class without images")
+    exact = num_samples * np.asarray(shares, dtype=float)
+    draws = np.floor(exact).astype(int)
+    draws[np.argsort(draws - exact, kind="stable")[: num_samples - draws.sum()]] += 1
+    chosen, position = [], []
+    for label in np.flatnonzero(draws):
+        members = np.flatnonzero(labels == label)
+        rounds = -(-draws[label] // len(members))
+        picks = np.concatenate([rng.permutation(members) for _ in range(rounds)])
+        chosen.append(picks[: draws[label]])
+        # the k-th draw of the class sits at (k + u) / m: evenly spaced, offset u per class
+        position.append((np.arange(draws[label]) + rng.random()) / draws[label])
+    if not chosen:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(np.concatenate(position), kind="stable")
+    return np.concatenate(chosen)[order].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BalancePlan:
+    """How one training split is sampled and weighted under a ``--balance`` mode.
+
+    Args:
+        mode: One of :data:`BALANCE_MODES`.
+        shares: Class shares the sampler draws, or ``None`` for natural shuffled epochs.
+        weights: float32 loss weight per class.
+        natural: Class shares of the training split itself.
+    """
+
+    mode: str
+    shares: np.ndarray | None
+    weights: np.ndarray
+    natural: np.ndarray
+
+    @property
+    def objective_shares(self) -> np.ndarray:
+        """Share of the training objective each class carries (drawn share x weight, sum 1)."""
+        drawn = self.natural if self.shares is None else self.shares
+        carried = drawn * self.weights
+        return carried / carried.sum()
+
+
+def balance_plan(mode: str, labels: np.ndarray, num_classes: int) -> BalancePlan:
+    """The sampler shares and loss weights of ``mode`` for these training labels.
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`BALANCE_MODES`.
+    """
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {BALANCE_MODES}, got {mode!r}")
+    labels = _checked_labels(labels, num_classes)
+    natural = np.bincount(labels, minlength=num_classes) / len(labels)
+    shares: np.ndarray | None = None
+    weights = np.ones(num_classes)
+    if mode == "tempered":
+        shares = sampling_shares(labels, num_classes, TEMPERING)
+        weights = weights_for_shares(shares, num_classes)
+    elif mode in ("sampler", "both"):
+        shares = sampling_shares(labels, num_classes, 0.0)
+    if mode in ("weights", "both"):
+        weights = class_weights(labels, num_classes)
+    return BalancePlan(mode, shares, weights.astype(np.float32), natural)
 
 
 def minority_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:

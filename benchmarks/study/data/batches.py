@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.study.config import BALANCE_MODES
 from benchmarks.study.data.augment import augment_minority
-from benchmarks.study.data.balance import balanced_indices, class_weights, minority_mask
+from benchmarks.study.data.balance import (
+    DEFAULT_BALANCE,
+    balance_plan,
+    minority_mask,
+    stratified_epoch,
+)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -51,7 +55,7 @@ class SplitArrays:
 
 
 class TrainingData:
-    """Class-balanced, minority-augmented training batches and plain evaluation batches.
+    """Sampled, weighted, minority-augmented training batches and plain evaluation batches.
 
     Args:
         train: Training split.
@@ -60,10 +64,8 @@ class TrainingData:
         num_classes: Number of classes ``C``.
         batch_size: Mini-batch size.
         seed: Seeds the sampler and the augmentation.
-        balance: ``"both"`` (the paper: Eq. 14 class-weighted loss on
-            class-balanced batches drawn with replacement), ``"weights"`` (the
-            loss weights over shuffled epochs) or ``"sampler"`` (balanced
-            batches, unweighted loss). Defaults to ``"both"``.
+        balance: How class imbalance is handled, one of
+            :data:`benchmarks.study.data.balance.BALANCE_MODES`. Defaults to ``"tempered"``.
     """
 
     def __init__(
@@ -74,31 +76,32 @@ class TrainingData:
         num_classes: int,
         batch_size: int,
         seed: int,
-        balance: str = "both",
+        balance: str = DEFAULT_BALANCE,
     ) -> None:
-        if balance not in BALANCE_MODES:
-            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
         self.train, self.val, self.test = train, val, test
         self.num_classes = num_classes
         self.batch_size = batch_size
-        self.balance = balance
         self.rng = np.random.default_rng(seed)
-        # Eq. 14 weights from the training labels only, so val/test never leak in
-        weights = class_weights(train.labels, num_classes).astype(np.float32)
-        self.class_weights = weights if balance != "sampler" else np.ones_like(weights)
+        # from the training labels only, so val/test never leak in
+        self.plan = balance_plan(balance, train.labels, num_classes)
+        self.class_weights = self.plan.weights
         self.minority = minority_mask(train.labels, num_classes)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampler and augmentation stream, so each run draws what it would alone."""
+        self.rng = np.random.default_rng(seed)
+
     def epoch_plan(self) -> list[np.ndarray]:
-        """Index arrays of one epoch's training batches (class-balanced when sampling)."""
+        """Index arrays of one epoch's training batches (stratified when the plan samples)."""
         count = len(self.train.labels)
-        if self.balance == "weights":
+        if self.plan.shares is None:
             order = self.rng.permutation(count)
         else:
-            order = balanced_indices(self.train.labels, count, self.rng)
+            order = stratified_epoch(self.train.labels, self.plan.shares, count, self.rng)
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def train_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Images (augmented where minority), labels and loss weights (Eq. 14, or ones)."""
+        """Images (augmented where minority), labels and the plan's per-sample loss weights."""
         labels = self.train.labels[indices]
         images = augment_minority(
             to_rgb_float(self.train.images[indices]), labels, self.minority, self.rng
@@ -120,7 +123,7 @@ def make_training_data(
     num_classes: int,
     batch_size: int,
     seed: int,
-    balance: str = "both",
+    balance: str = DEFAULT_BALANCE,
 ) -> TrainingData:
     """Cut ``images``/``labels`` by a ``benchmarks.study.data.splits.Split`` and resize every split.
 
@@ -132,7 +135,7 @@ def make_training_data(
         num_classes: Number of classes.
         batch_size: Mini-batch size.
         seed: Seeds sampling and augmentation.
-        balance: See :class:`TrainingData`. Defaults to ``"both"``.
+        balance: See :class:`TrainingData`. Defaults to ``"tempered"``.
     """
 
     def part(indices: np.ndarray) -> SplitArrays:

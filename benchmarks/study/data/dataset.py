@@ -83,6 +83,13 @@ def _as_uint8_images(images: np.ndarray, name: str) -> np.ndarray:
         return images
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
         raise DataError(f"{name}: images have dtype {images.dtype}; expected numbers")
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataError(
+            f"{name}: {len(bad)} image(s) hold NaN or infinite pixels (first: image {bad[0]}); "
+            "pixels must be finite numbers in 0..255 (or 0..1 for floats)"
+        )
     low, high = float(images.min()), float(images.max())
     if np.issubdtype(images.dtype, np.floating) and high <= 1.0 and low >= 0.0:
         images = images * 255.0  # float images in [0, 1] are the other common convention

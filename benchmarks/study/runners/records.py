@@ -84,22 +84,53 @@ class RunContext:
         return folder / f"{framework}_{self.backbone}_{self.strategy}_seed{self.seed}{suffix}"
 
 
+@dataclass
+class Outcome:
+    """What training one strategy produced, before the test split is scored.
+
+    Args:
+        timeline: One :func:`timeline_entry` per epoch.
+        best_epoch: Epoch of the best validation loss (the weights the run ends on).
+        unfreeze_events: :func:`unfreeze_events` of a staged strategy (empty otherwise).
+        top_n: Backbone layers a fixed-depth strategy trains, else ``None``.
+        num_groups: Groups the adapter of a staged strategy unfreezes, else ``None``.
+    """
+
+    timeline: list[dict[str, Any]]
+    best_epoch: int | None
+    unfreeze_events: list[dict[str, Any]]
+    top_n: int | None = None
+    num_groups: int | None = None
+
+
 def run_record(
     ctx: RunContext,
     *,
     framework: str,
     weights: str,
-    metrics: dict[str, Any],
-    timeline: list[dict[str, Any]],
-    best_epoch: int | None,
+    lr: float,
+    outcome: Outcome,
+    test: dict[str, Any],
+    val: dict[str, Any],
     wall_s: float,
     model_path: Path,
     load_s: float,
-    top_n: int | None,
-    num_groups: int | None,
-    unfreeze_events: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The run dict that ``benchmarks.study.results.report`` consumes (keys fixed there)."""
+    """The run dict that ``benchmarks.study.results.report`` consumes (keys fixed there).
+
+    Args:
+        ctx: The run's context.
+        framework: ``"torch"`` or ``"keras"``.
+        weights: What the backbone was initialised with.
+        lr: The base learning rate the run trained with.
+        outcome: What training produced.
+        test: ``classification_metrics`` of the final model on the test split.
+        val: ``{"loss", "balanced_accuracy"}`` of the final model on the validation split
+            (what a learning-rate sweep selects on; the test split never is).
+        wall_s: Training wall time.
+        model_path: The saved model (recorded relative to ``ctx.out_dir``).
+        load_s: Median load time of the saved model.
+    """
     return {
         "framework": framework,
         "backbone": ctx.backbone,
@@ -109,22 +140,36 @@ def run_record(
         "data": ctx.data_name,
         "synthetic": ctx.synthetic,
         "image_size": ctx.image_size,
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "per_class": metrics["per_class"],
-        "confusion_normalized": metrics["confusion_normalized"],
+        "lr": lr,
+        "accuracy": test["accuracy"],
+        "balanced_accuracy": test["balanced_accuracy"],
+        "macro_f1": test["macro_f1"],
+        "per_class": test["per_class"],
+        "confusion_normalized": test["confusion_normalized"],
         "class_names": list(ctx.class_names),
-        "epochs": len(timeline),
-        "best_epoch": best_epoch,
+        "val_loss": val["loss"],
+        "val_balanced_accuracy": val["balanced_accuracy"],
+        "epochs": len(outcome.timeline),
+        "best_epoch": outcome.best_epoch,
         "wall_s": wall_s,
         "size_mb": file_size_mb(model_path),
         "load_s": load_s,
-        "top_n": top_n,
-        "num_groups": num_groups,
-        "unfreeze_events": unfreeze_events,
-        "timeline": timeline,
-        "model_path": str(model_path),
+        "top_n": outcome.top_n,
+        "num_groups": outcome.num_groups,
+        "unfreeze_events": outcome.unfreeze_events,
+        "timeline": outcome.timeline,
+        "model_path": model_path.relative_to(ctx.out_dir).as_posix(),
     }
+
+
+def validation_summary(
+    loss: float, labels: Any, predictions: Any, class_names: list[str]
+) -> dict[str, float]:
+    """``{"loss", "balanced_accuracy"}`` of a final model on the validation split."""
+    from benchmarks.study.results.metrics import classification_metrics
+
+    scores = classification_metrics(labels, predictions, class_names)
+    return {"loss": float(loss), "balanced_accuracy": scores["balanced_accuracy"]}
 
 
 def file_size_mb(path: Path) -> float:

@@ -1,14 +1,15 @@
-"""One study run on PyTorch: traditional top-n fine-tuning or dynamic fine-tuning.
+"""One study run on PyTorch: any of the five strategies, in one plain training loop.
 
-Both strategies share the loop below: the same Adam optimizer, learning rate,
-batches (class-balanced, minority-augmented), Eq. 14 class-weighted loss and
-epoch budget. Traditional unfreezes the top-n layers from the start and stops
-early on the validation loss with the best weights restored; dynamic hands
-every decision to ``dynft_torch.DynamicFineTuner``.
+Every strategy shares the loop below: the same Adam optimizer, learning rate, batches (sampled
+and weighted by the ``--balance`` mode, minority-augmented) and epoch budget. The fixed-depth
+strategies make their layers trainable once and stop with ``FixedDepthStop``; the staged ones
+hand every decision to ``dynft_torch.DynamicFineTuner``. The backbone is held in ``eval()``, so
+BatchNorm statistics never change.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 
 from benchmarks.study.config import StudyConfig
 from benchmarks.study.data.batches import SplitArrays, TrainingData
+from benchmarks.study.determinism import seed_everything
 from benchmarks.study.models.torch_backbones import (
+    TorchBackbone,
     TorchClassifier,
     build_classifier,
     get_backbone,
@@ -29,22 +32,48 @@ from benchmarks.study.models.torch_backbones import (
 )
 from benchmarks.study.results.metrics import classification_metrics
 from benchmarks.study.runners.records import (
+    Outcome,
     RunContext,
     median_load_seconds,
     run_record,
     timeline_entry,
     unfreeze_events,
+    validation_summary,
 )
-from dynft_core import PlateauMonitor
+from benchmarks.study.runners.strategies import (
+    FIXED_DEPTH,
+    FixedDepthStop,
+    fixed_depth,
+    staged_plan,
+)
 
 FRAMEWORK = "torch"
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
+Layers = list[list[torch.nn.Module]]
 
 
-def configure(cfg: StudyConfig) -> None:
-    """Process-wide framework settings, applied once before the first run."""
+def configure(cfg: StudyConfig) -> dict[str, Any]:
+    """Process-wide settings for repeatable runs, applied once before the first run.
+
+    Returns:
+        What was applied, for the report's determinism section.
+    """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    on_gpu = device().type == "cuda"
+    if on_gpu:
+        # cuBLAS is deterministic only with a fixed workspace, set before CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    # some CUDA kernels have no deterministic version: warn there rather than stop the study
+    torch.use_deterministic_algorithms(True, warn_only=on_gpu)
+    return {
+        "library": f"torch {torch.__version__}",
+        "device": str(device()),
+        "deterministic_algorithms": "warn only" if on_gpu else True,
+        "intra_op_threads": torch.get_num_threads(),
+    }
 
 
 def device() -> torch.device:
@@ -63,7 +92,7 @@ def train_epoch(
     preprocess: Preprocess,
     dev: torch.device,
 ) -> float:
-    """One epoch over class-balanced batches; returns the mean weighted training loss."""
+    """One epoch over the sampled batches; returns the mean weighted training loss."""
     model.train()
     total, count = 0.0, 0
     for indices in data.epoch_plan():
@@ -71,7 +100,7 @@ def train_epoch(
         target = torch.from_numpy(labels).to(dev)
         weights = torch.from_numpy(sample_weights).to(dev)
         logits = model(preprocess(_tensor(images, dev)))
-        # per-sample Eq. 14 weights averaged over the batch, as Keras does with sample_weight
+        # per-sample weights averaged over the batch, as Keras does with sample_weight
         loss = (F.cross_entropy(logits, target, reduction="none") * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,124 +129,127 @@ def evaluate(
     return total / len(split.labels), np.concatenate(predictions)
 
 
-def _unfreeze_top(model: TorchClassifier, layers: list[list[torch.nn.Module]], top_n: int) -> None:
+def _train_top(model: TorchClassifier, layers: Layers, depth: int) -> list[torch.nn.Parameter]:
+    """Freeze the backbone but its top ``depth`` layers; the parameters that now train."""
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(False)
-    for group in layers[len(layers) - top_n :]:
+    for group in layers[len(layers) - depth :]:
         for parameter in trainable_parameters(group):
             parameter.requires_grad_(True)
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
-def _train_traditional(
+def _train_fixed(
     model: TorchClassifier,
     cfg: StudyConfig,
     data: TrainingData,
-    preprocess: Preprocess,
-    dev: torch.device,
-    layers: list[list[torch.nn.Module]],
-    top_n: int,
+    spec: TorchBackbone,
+    layers: Layers,
+    depth: int,
     bar: tqdm,
-) -> tuple[list[dict[str, Any]], int | None]:
-    _unfreeze_top(model, layers, top_n)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
-    monitor = PlateauMonitor(mode="min")
+) -> Outcome:
+    dev = next(model.parameters()).device
+    optimizer = torch.optim.Adam(_train_top(model, layers, depth), lr=cfg.lr)
+    stopper = FixedDepthStop(cfg.patience, cfg.epochs)
     best_state: dict[str, torch.Tensor] | None = None
     timeline: list[dict[str, Any]] = []
-    for epoch in range(1, cfg.epochs + 1):
-        train_loss = train_epoch(model, optimizer, data, preprocess, dev)
-        val_loss, _ = evaluate(model, data, data.val, preprocess, dev)
-        timeline.append(timeline_entry(epoch, train_loss, val_loss, cfg.lr, top_n))
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", top_n=top_n)
+    stop = False
+    while not stop:
+        train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev)
+        val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev)
+        timeline.append(timeline_entry(len(timeline) + 1, train_loss, val_loss, cfg.lr, depth))
+        bar.set_postfix(val_loss=f"{val_loss:.4f}", layers=depth)
         bar.update()
-        if monitor.update(val_loss, epoch):
+        improved, stop = stopper.step(val_loss)
+        if improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if monitor.wait >= cfg.patience:
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return timeline, monitor.best_epoch
+    return Outcome(timeline, stopper.best_epoch, [], top_n=depth)
 
 
-def _train_dynamic(
+def _train_staged(
     model: TorchClassifier,
     cfg: StudyConfig,
     data: TrainingData,
-    preprocess: Preprocess,
-    dev: torch.device,
-    layers: list[list[torch.nn.Module]],
+    spec: TorchBackbone,
+    layers: Layers,
+    strategy: str,
     bar: tqdm,
-) -> tuple[list[dict[str, Any]], int | None, list[dict[str, Any]]]:
+) -> Outcome:
     from dynft_torch import DynamicFineTuner
 
+    dev = next(model.parameters()).device
+    plan = staged_plan(strategy, cfg)
+    groups = plan.groups(layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     tuner = DynamicFineTuner(
-        model,
-        optimizer,
-        backbone=model.backbone,
-        groups=layers,
-        patience=cfg.patience,
-        step=cfg.step,
-        decay=cfg.decay,
-        max_epochs=cfg.epochs,
+        model, optimizer, backbone=model.backbone, groups=groups, **plan.options
     )
     scheduler = tuner.scheduler
     timeline: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
         lr, num_unfrozen = optimizer.param_groups[0]["lr"], scheduler.num_unfrozen
-        train_loss = train_epoch(model, optimizer, data, preprocess, dev)
-        val_loss, _ = evaluate(model, data, data.val, preprocess, dev)
+        train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev)
+        val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev)
         timeline.append(timeline_entry(epoch, train_loss, val_loss, lr, num_unfrozen))
         decision = tuner.step(val_loss)
-        unfrozen = f"{decision.num_unfrozen}/{len(layers)}"
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", unfrozen=unfrozen)
+        bar.set_postfix(
+            val_loss=f"{val_loss:.4f}", unfrozen=f"{decision.num_unfrozen}/{len(groups)}"
+        )
         bar.update()
         if decision.stop:
             break
-    return timeline, scheduler.best_epoch, unfreeze_events(scheduler.history, cfg.lr)
+    events = unfreeze_events(scheduler.history, cfg.lr)
+    return Outcome(timeline, scheduler.best_epoch, events, num_groups=len(groups))
 
 
-def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:
-    """Train, evaluate on the test split, save and time-load one model.
-
-    Args:
-        cfg: Study configuration (optimizer, budget, patience, dynamic settings).
-        ctx: Which backbone/strategy/seed and where to save.
-        data: The seed's split, resized to ``ctx.image_size``.
-
-    Returns:
-        The run dict of the shared contract.
+def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:
+    """Build and train one model; returns it (on the best weights), the outcome, the weights it
+    started from and the training wall time.
 
     Raises:
         StudyConfigError: The traditional top-n exceeds the backbone's layer count.
     """
-    dev = device()
+    seed_everything(ctx.seed)
     torch.manual_seed(ctx.seed)
     spec = get_backbone(ctx.backbone)
-    num_classes = len(ctx.class_names)
     start = time.perf_counter()
-    model, weights_used = build_classifier(ctx.backbone, cfg.weights, num_classes, ctx.image_size)
-    model.to(dev)
+    model, weights_used = build_classifier(
+        ctx.backbone, cfg.weights, len(ctx.class_names), ctx.image_size
+    )
+    model.to(device())
     layers = layer_groups(model.backbone)
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
-        if ctx.strategy == "traditional":
+        if ctx.strategy in FIXED_DEPTH:
             top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(layers), "weight layers of")
-            timeline, best_epoch = _train_traditional(
-                model, cfg, data, spec.preprocess, dev, layers, top_n, bar
-            )
-            events: list[dict[str, Any]] = []
-            num_groups = None
+            depth = fixed_depth(ctx.strategy, top_n, len(layers))
+            outcome = _train_fixed(model, cfg, data, spec, layers, depth, bar)
         else:
-            timeline, best_epoch, events = _train_dynamic(
-                model, cfg, data, spec.preprocess, dev, layers, bar
-            )
-            top_n, num_groups = None, len(layers)
-    wall_s = time.perf_counter() - start
+            outcome = _train_staged(model, cfg, data, spec, layers, ctx.strategy, bar)
+    return model, outcome, weights_used, time.perf_counter() - start
 
-    _, predictions = evaluate(model, data, data.test, spec.preprocess, dev)
-    metrics = classification_metrics(data.test.labels, predictions, ctx.class_names)
+
+def validation_scores(model: Any, ctx: RunContext, data: TrainingData) -> dict[str, float]:
+    """Validation loss and balanced accuracy of the trained model (what a sweep selects on)."""
+    preprocess = get_backbone(ctx.backbone).preprocess
+    loss, predictions = evaluate(model, data, data.val, preprocess, device())
+    return validation_summary(loss, data.val.labels, predictions, ctx.class_names)
+
+
+def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]:
+    """Train, score on the validation and test splits, save and time-load one model.
+
+    Returns:
+        The run dict of ``benchmarks.study.runners.records.run_record``.
+    """
+    model, outcome, weights_used, wall_s = train(cfg, ctx, data)
+    spec = get_backbone(ctx.backbone)
+    _, predictions = evaluate(model, data, data.test, spec.preprocess, device())
+    test = classification_metrics(data.test.labels, predictions, ctx.class_names)
     path = ctx.model_path(FRAMEWORK, ".pt")
     torch.save(model.state_dict(), path)
+    num_classes = len(ctx.class_names)
 
     def load() -> TorchClassifier:
         # what a deployment does: build the architecture, then read the weights file
@@ -229,13 +261,11 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
         ctx,
         framework=FRAMEWORK,
         weights=weights_used,
-        metrics=metrics,
-        timeline=timeline,
-        best_epoch=best_epoch,
+        lr=cfg.lr,
+        outcome=outcome,
+        test=test,
+        val=validation_scores(model, ctx, data),
         wall_s=wall_s,
         model_path=path,
         load_s=median_load_seconds(load),
-        top_n=top_n,
-        num_groups=num_groups,
-        unfreeze_events=events,
     )

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from torch import nn
+from study_helpers import TINY_BACKBONE, TINY_STUDY, read_rows, run_tiny_study
 
-from benchmarks.study import cli as study
-from benchmarks.study.data.batches import SplitArrays, TrainingData
-from benchmarks.study.models import torch_backbones as backbones_torch
+from benchmarks.study.config import STRATEGIES
+from benchmarks.study.results.repeatability import differences
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-TINY_STUDY = [
-    "--phantom-images",
-    "120",
-    "--image-size",
-    "32",
-    "--epochs",
-    "3",
-    "--patience",
-    "1",
-    "--seeds",
-    "0",
-    "--batch-size",
-    "16",
-]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -46,30 +28,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     )
 
 
-def run_tiny_study(backbone: str, weights: str, out: Path | str, *extra: str) -> int:
-    """Run the study in process on the tiny phantom set; returns its exit status."""
-    return study.main(
-        [
-            "--framework",
-            "torch",
-            "--backbones",
-            backbone,
-            "--weights",
-            weights,
-            *extra,
-            *TINY_STUDY,
-            "--out",
-            str(out),
-        ]
-    )
-
-
-def read_rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> None:
+def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> None:
     out = tmp_path / "study"
     result = run_cli(
         "--backbones", "efficientnet_lite0", "--weights", "imagenet", *TINY_STUDY, "--out", str(out)
@@ -78,7 +37,7 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
     assert f"Report: {out / 'report.md'}" in result.stdout
 
     rows = read_rows(out)
-    assert sorted(row["strategy"] for row in rows) == ["dynamic", "traditional"]
+    assert [row["strategy"] for row in rows] == list(STRATEGIES)
     for row in rows:
         assert row["framework"] == "torch" and row["backbone"] == "efficientnet_lite0"
         assert row["weights"] == "imagenet"  # the package's real ImageNet file
@@ -92,13 +51,21 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
     assert meta["seeds"] == [0] and meta["epochs"] == 3
     assert meta["environment"]["packages"]["torch"] is not None
     runs = {run["strategy"]: run for run in document["runs"]}
-    assert runs["traditional"]["top_n"] == 10 and runs["traditional"]["num_groups"] is None
-    assert runs["dynamic"]["top_n"] is None and runs["dynamic"]["num_groups"] == 49
+    depths = {name: (run["top_n"], run["num_groups"]) for name, run in runs.items()}
+    assert depths == {
+        "linear_probe": (0, None),
+        "full": (49, None),
+        "traditional": (10, None),
+        "two_stage": (None, 1),
+        "dynamic": (None, 49),
+    }
     for run in runs.values():
         assert [e["epoch"] for e in run["timeline"]] == list(range(1, run["epochs"] + 1))
         assert 1 <= run["best_epoch"] <= run["epochs"]
-        assert Path(run["model_path"]).is_file()
+        assert (out / run["model_path"]).is_file()
         assert len(run["confusion_normalized"]) == len(run["class_names"]) == 7
+        assert run["baselines"]["majority"]["answers"] == "always 'Pneumonia'"
+        assert run["lr"] == meta["config"]["lr"]
     # patience 1: every epoch without improvement unfreezes 3 more groups at lr x0.9
     dynamic = runs["dynamic"]
     for event in dynamic["unfreeze_events"]:
@@ -109,150 +76,40 @@ def test_cli_runs_both_strategies_and_writes_the_full_report(tmp_path: Path) -> 
 
     report = (out / "report.md").read_text()
     assert re.search(r"synthetic", report, re.IGNORECASE)
+    for strategy in STRATEGIES:
+        assert f"| efficientnet_lite0 | {strategy} | 1 |" in report  # per-strategy summary
+    assert "| *majority class* (always 'Pneumonia') |" in report
     figures = re.findall(r"\((figures/[^)]+\.png)\)", report)
     assert len(figures) >= 4
     for figure in figures:
         assert (out / figure).stat().st_size > 1000
 
 
-def _imbalanced_data(balance: str) -> TrainingData:
-    labels = np.array([0] * 90 + [1] * 10)
-    split = SplitArrays(np.zeros((100, 4, 4), dtype=np.uint8), labels)
-    return TrainingData(split, split, split, num_classes=2, batch_size=32, seed=0, balance=balance)
+def test_the_same_command_gives_identical_numbers_and_runs_do_not_depend_on_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("first", "second"):
+        assert run_tiny_study(TINY_BACKBONE, "none", tmp_path / name) == 0
+    alone = tmp_path / "alone"
+    assert run_tiny_study(TINY_BACKBONE, "none", alone, "--strategies", "two_stage") == 0
+    documents = {
+        name: json.loads((tmp_path / name / "results.json").read_text())
+        for name in ("first", "second", "alone")
+    }
+    assert differences(documents["first"]["runs"], documents["second"]["runs"]) == []
+    two_stage = [run for run in documents["first"]["runs"] if run["strategy"] == "two_stage"]
+    assert differences(two_stage, documents["alone"]["runs"]) == []
+    assert documents["first"]["meta"]["determinism"]["framework"]["deterministic_algorithms"]
+    report = (tmp_path / "first" / "report.md").read_text()
+    assert "## Determinism" in report and "the sampler's epochs" in report
 
 
-def test_balance_weights_alone_shuffles_each_image_once_with_eq14_weights() -> None:
-    data = _imbalanced_data("weights")
-    plan = np.concatenate(data.epoch_plan())
-    assert sorted(plan) == list(range(100))
-    _, labels, weights = data.train_batch(plan[:32])
-    np.testing.assert_allclose(weights, np.where(labels == 0, 100 / (2 * 90), 100 / (2 * 10)))
-
-
-@pytest.mark.parametrize(("balance", "weighted"), [("both", True), ("sampler", False)])
-def test_balanced_sampling_draws_both_classes_equally(balance: str, weighted: bool) -> None:
-    data = _imbalanced_data(balance)
-    draws = np.concatenate([np.concatenate(data.epoch_plan()) for _ in range(20)])
-    minority_share = np.mean(data.train.labels[draws] == 1)
-    assert abs(minority_share - 0.5) < 0.05  # 2000 draws (SD 0.011); the data hold 10 %
-    _, labels, weights = data.train_batch(draws[:32])
-    expected = np.where(labels == 0, 100 / 180, 100 / 20) if weighted else np.ones(32)
-    np.testing.assert_allclose(weights, expected, rtol=1e-6)
-
-
-class TinyFeatures(nn.Module):
-    """A two-conv feature extractor standing in for a user's backbone."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-def _tiny_build(pretrained: bool, image_size: int) -> nn.Module:
-    if pretrained:
-        raise OSError("no network in this test")
-    return TinyFeatures()
-
-
-@pytest.fixture
-def tiny_backbone() -> str:
-    spec = backbones_torch.TorchBackbone(
-        "tiny_test_cnn",
-        _tiny_build,
-        8,
-        backbones_torch.imagenet_normalize,
-        top_n=1,
-        native_size=32,
-        imagenet_source="nowhere",
-    )
-    backbones_torch.register_backbone(spec, replace=True)
-    return spec.name
-
-
-def test_registered_backbone_runs_in_process(tmp_path: Path, tiny_backbone: str) -> None:
+def test_registered_backbone_runs_in_process(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
-    status = run_tiny_study(tiny_backbone, "none", out)
+    status = run_tiny_study(TINY_BACKBONE, "none", out)
     assert status == 0
     rows = read_rows(out)
     assert {row["weights"] for row in rows} == {"none (random init)"}
     document = json.loads((out / "results.json").read_text())
     dynamic = next(r for r in document["runs"] if r["strategy"] == "dynamic")
     assert dynamic["num_groups"] == 2  # two convolutions, each carrying its BatchNorm
-
-
-def test_unavailable_imagenet_weights_give_a_clear_error(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status = run_tiny_study(tiny_backbone, "imagenet", tmp_path / "x")
-    assert status == 1
-    message = capsys.readouterr().err
-    assert "could not load ImageNet weights for tiny_test_cnn" in message
-    assert "--weights PATH" in message and "--weights none" in message
-
-
-def test_top_n_beyond_the_backbone_stops_the_study_and_keeps_finished_runs(
-    tmp_path: Path, tiny_backbone: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "partial"
-    status = run_tiny_study(
-        tiny_backbone,
-        "none",
-        str(out),
-        "--top-n",
-        f"{tiny_backbone}=5",
-        "--strategies",
-        "dynamic,traditional",
-    )
-    assert status == 1
-    err = capsys.readouterr().err
-    assert f"--top-n {tiny_backbone}=5 exceeds the 2 weight layers" in err
-    assert "incomplete study: 1 of 2 runs" in err
-    assert [row["strategy"] for row in read_rows(out)] == ["dynamic"]
-    meta = json.loads((out / "results.json").read_text())["meta"]
-    assert meta["incomplete"] == "stopped after 1 of 2 runs"
-
-
-def test_weights_file_of_another_architecture_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    wrong = tmp_path / "wrong.pt"
-    torch.save(TinyFeatures().state_dict(), wrong)
-    status = run_tiny_study("efficientnet_lite0", str(wrong), tmp_path / "x")
-    assert status == 1
-    assert "does not fit backbone efficientnet_lite0" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--backbones", "resnet51"], "unknown backbone(s) ['resnet51'] for torch"),
-        (["--seeds", "0,x"], "--seeds: 'x' is not an integer"),
-        (["--seeds", "1,1"], "repeats a seed"),
-        (["--weights", "/no/such/weights.pt"], "'/no/such/weights.pt': no such file"),
-        (["--strategies", "dynamic,gradual"], "unknown ['gradual']"),
-        (["--top-n", "vgg16=0"], "must look like backbone=N with N >= 1"),
-        (["--top-n", "vgg17=3"], "--top-n: unknown backbone(s) ['vgg17']"),
-        (["--decay", "1.0"], "0 <= decay < 1"),
-        (["--image-size", "tiny"], "--image-size 'tiny'"),
-        (["--phantom-images", "41"], "--phantom-images 41: must be >= 42"),
-    ],
-)
-def test_bad_flags_exit_with_a_message_naming_the_value(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        study.main(["--framework", "torch", *args])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err

@@ -1,13 +1,24 @@
-"""Eq. 14 class weights, class-balanced sampling and the minority rule."""
+"""Imbalance handling: Eq. 14, the tempered sampler, one correction per mode, the minority rule."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from benchmarks.study.data.balance import balanced_indices, class_weights, minority_mask
+from benchmarks.study.data.balance import (
+    BALANCE_MODES,
+    balance_plan,
+    class_weights,
+    minority_mask,
+    sampling_shares,
+    stratified_epoch,
+    weights_for_shares,
+)
 
 TABLE_1 = np.repeat(np.arange(7), [10398, 2456, 1070, 718, 404, 265, 105])
+class_counts = st.lists(st.integers(1, 400), min_size=2, max_size=7)
 
 
 def test_eq14_hand_computed():
@@ -27,26 +38,79 @@ def test_absent_class_gets_weight_zero():
     np.testing.assert_allclose(class_weights(np.array([0, 0, 1, 1]), 3), [2 / 3, 2 / 3, 0.0])
 
 
-def test_balanced_sampler_equalises_classes_over_many_draws():
-    labels = np.repeat([0, 1, 2], [900, 90, 10])
-    drawn = labels[balanced_indices(labels, 30000, np.random.default_rng(0))]
-    np.testing.assert_allclose(np.bincount(drawn) / 30000, 1 / 3, atol=0.015)
+def test_eq14_on_the_natural_shares_is_eq14():
+    shares = np.bincount(TABLE_1) / len(TABLE_1)
+    np.testing.assert_allclose(weights_for_shares(shares, 7), class_weights(TABLE_1, 7))
 
 
-def test_balanced_sampler_is_uniform_within_a_class_and_reproducible():
-    labels = np.repeat([0, 1], [4, 96])
-    indices = balanced_indices(labels, 40000, np.random.default_rng(1))
-    minority_draws = np.bincount(indices[labels[indices] == 0], minlength=4)
-    np.testing.assert_allclose(minority_draws / minority_draws.sum(), 0.25, atol=0.02)
-    again = balanced_indices(labels, 40000, np.random.default_rng(1))
-    np.testing.assert_array_equal(indices, again)
+def test_tempered_shares_follow_the_square_root_of_the_counts():
+    shares = sampling_shares(TABLE_1, 7, 0.5)
+    root = np.sqrt(np.bincount(TABLE_1))
+    np.testing.assert_allclose(shares, root / root.sum())
+    # the rarest class is drawn 5.8x more often than naturally, not 21x (balanced sampling)
+    assert shares[6] / (105 / 15416) == pytest.approx(5.84, abs=0.01)
+    weights = balance_plan("tempered", TABLE_1, 7).weights
+    assert weights[6] / weights[0] == pytest.approx(np.sqrt(10398 / 105), rel=1e-5)
 
 
-def test_balanced_sampler_skips_classes_absent_from_training():
+@given(class_counts)
+def test_every_single_correction_mode_gives_each_class_one_share_of_the_objective(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    for mode in ("tempered", "sampler", "weights"):
+        plan = balance_plan(mode, labels, len(counts))
+        np.testing.assert_allclose(plan.objective_shares, 1 / len(counts), rtol=1e-5)
+
+
+@given(class_counts)
+def test_both_compounds_the_corrections_and_none_applies_none(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    inverse = 1 / np.asarray(counts, dtype=float)
+    both = balance_plan("both", labels, len(counts)).objective_shares
+    np.testing.assert_allclose(both, inverse / inverse.sum(), rtol=1e-5)
+    none = balance_plan("none", labels, len(counts)).objective_shares
+    np.testing.assert_allclose(none, np.asarray(counts) / sum(counts), rtol=1e-6)
+
+
+@given(class_counts, st.integers(0, 2**32 - 1))
+def test_stratified_epoch_has_the_exact_composition_evenly_spaced(counts, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    num_classes = len(counts)
+    shares = sampling_shares(labels, num_classes, 0.5)
+    epoch = stratified_epoch(labels, shares, len(labels), np.random.default_rng(seed))
+    assert len(epoch) == len(labels)
+    drawn = np.bincount(labels[epoch], minlength=num_classes)
+    assert np.all(np.abs(drawn - len(labels) * shares) < 1)  # largest remainder
+    for label in np.flatnonzero(drawn):
+        where = np.flatnonzero(labels[epoch] == label)
+        gaps = np.diff(np.concatenate([[-1], where]))
+        assert gaps.max() <= len(epoch) / drawn[label] + num_classes - 1
+        per_image = np.bincount(epoch[where], minlength=len(labels))[labels == label]
+        assert per_image.max() - per_image.min() <= 1  # images of a class recur evenly
+    batch = 8
+    batches = [labels[epoch[i : i + batch]] for i in range(0, len(epoch) - batch + 1, batch)]
+    for label in np.flatnonzero(drawn * (batch - num_classes + 1) >= len(epoch)):
+        assert all(label in b for b in batches), f"class {label} missing from a batch"
+
+
+def test_stratified_epoch_is_reproducible_and_changes_between_epochs():
+    labels = np.repeat([0, 1, 2], [90, 9, 1])
+    shares = sampling_shares(labels, 3, 0.5)
+    first = stratified_epoch(labels, shares, 100, np.random.default_rng(3))
+    np.testing.assert_array_equal(
+        first, stratified_epoch(labels, shares, 100, np.random.default_rng(3))
+    )
+    rng = np.random.default_rng(3)
+    assert not np.array_equal(
+        stratified_epoch(labels, shares, 100, rng), stratified_epoch(labels, shares, 100, rng)
+    )
+
+
+def test_sampler_skips_classes_absent_from_training():
     labels = np.array([0, 0, 0, 2])
-    drawn = labels[balanced_indices(labels, 10000, np.random.default_rng(2))]
-    assert set(drawn.tolist()) == {0, 2}
-    assert np.mean(drawn == 2) == pytest.approx(0.5, abs=0.02)
+    shares = sampling_shares(labels, 3, 0.0)
+    np.testing.assert_allclose(shares, [0.5, 0.0, 0.5])
+    drawn = labels[stratified_epoch(labels, shares, 10, np.random.default_rng(2))]
+    assert np.bincount(drawn, minlength=3).tolist() == [5, 0, 5]
 
 
 def test_minority_rule_on_table_1():
@@ -55,10 +119,15 @@ def test_minority_rule_on_table_1():
     assert not minority_mask(np.array([0, 1, 2, 0, 1, 2]), 3).any()
 
 
-def test_bad_labels_are_rejected_with_the_value():
+def test_bad_values_are_rejected_with_the_value():
     with pytest.raises(ValueError, match=r"label 3 is out of range \[0, 2\]"):
         class_weights(np.array([0, 3]), 3)
     with pytest.raises(ValueError, match="1-D integer array"):
         minority_mask(np.array([0.5, 1.0]), 2)
     with pytest.raises(ValueError, match="num_samples must be >= 0"):
-        balanced_indices(np.array([0, 1]), -1, np.random.default_rng(0))
+        stratified_epoch(np.array([0, 1]), np.array([0.5, 0.5]), -1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"tempering must lie in \[0, 1\], got 2"):
+        sampling_shares(np.array([0, 1]), 2, 2)
+    with pytest.raises(ValueError, match=r"balance must be one of .*'tempered'.*got 'square'"):
+        balance_plan("square", np.array([0, 1]), 2)
+    assert BALANCE_MODES[0] == "tempered"

@@ -163,10 +163,35 @@ def test_error_unknown_source_and_missing_file(tmp_path):
         load_dataset(str(tmp_path / "absent.npz"))
 
 
-def test_error_corrupt_npz(tmp_path):
-    (tmp_path / "c.npz").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="cannot read .* as a NumPy .npz archive"):
+def test_error_corrupt_npz_never_suggests_unpickling(tmp_path):
+    (tmp_path / "c.npz").write_bytes(b"garbage" * 20)
+    with pytest.raises(
+        DataError, match=r"c\.npz is not a \.npz archive .*truncated, corrupt"
+    ) as error:
         load_dataset(str(tmp_path / "c.npz"))
+    assert "pickle" not in str(error.value)
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, images=_images(4), labels=np.array([0, 1, 0, 1]), class_names=["a", "b"])
+    (tmp_path / "half.npz").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"half\.npz is (not a|a corrupt) \.npz archive"):
+        load_dataset(str(tmp_path / "half.npz"))
+
+
+def test_error_npz_of_python_objects_names_the_array_and_is_not_unpickled(tmp_path):
+    ragged = np.array([np.zeros((2, 2)), np.zeros((3, 3))], dtype=object)
+    np.savez(tmp_path / "o.npz", images=ragged, labels=np.array([0, 1]), class_names=["a", "b"])
+    with pytest.raises(DataError, match=r"array 'images' holds Python objects, which the study"):
+        load_dataset(str(tmp_path / "o.npz"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_error_non_finite_pixels_are_refused_not_turned_into_zero(bad):
+    images = np.full((3, 4, 4), 0.5)
+    images[1, 2, 3] = bad
+    with pytest.raises(
+        DataError, match=r"1 image\(s\) hold NaN or infinite pixels \(first: image 1\)"
+    ):
+        Dataset("d", images, [0, 1, 0], ["a", "b"], ["p", "q", "r"], None, False)
 
 
 def test_error_bad_image_shape_and_range():

@@ -17,6 +17,7 @@ Y_PRED = [0, 1, 1, 1, 2, 0, 2]
 def test_against_hand_computed_confusion():
     scores = classification_metrics(Y_TRUE, Y_PRED, ["a", "b", "c"])
     assert scores["accuracy"] == pytest.approx(5 / 7)
+    assert scores["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)
     assert scores["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
     assert scores["per_class"]["a"] == pytest.approx(
         {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
@@ -35,6 +36,7 @@ def test_absent_class_has_zero_row_and_does_not_count_in_macro_f1():
     assert scores["confusion_normalized"][3] == [0.0, 0.0, 0.0, 0.0]
     assert scores["per_class"]["rare"]["support"] == 0
     assert scores["macro_f1"] == pytest.approx(0.7)
+    assert scores["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)  # rare: no support
 
 
 def test_bad_inputs_are_rejected():

@@ -1,4 +1,4 @@
-"""write_report: every output file exists and parses; the synthetic banner; bad runs."""
+"""write_report: every output file exists and parses; banners, baselines beside runs; bad runs."""
 
 from __future__ import annotations
 
@@ -7,58 +7,20 @@ import json
 
 import numpy as np
 import pytest
+from fake_runs import fake_run
 
-from benchmarks.study.results.metrics import classification_metrics
-from benchmarks.study.results.report import REQUIRED_RUN_KEYS, SYNTHETIC_BANNER, write_report
-from benchmarks.study.results.stats import main as stats_main
+from benchmarks.study.results.compare import main as compare_main
+from benchmarks.study.results.markdown import SYNTHETIC_BANNER
+from benchmarks.study.results.report import REQUIRED_RUN_KEYS, write_report
 
-CLASS_NAMES = ["Pneumonia", "COVID-19", "Atelectasis"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _run(backbone: str, strategy: str, seed: int, rng) -> dict:
-    truth = rng.integers(0, 3, 40)
-    predicted = np.where(rng.random(40) < 0.75, truth, rng.integers(0, 3, 40))
-    dynamic = strategy == "dynamic"
-    events = [{"epoch": 3, "groups": [5, 6], "num_unfrozen": 2, "lr": 1e-4}] if dynamic else []
-    timeline = [
-        {
-            "epoch": epoch,
-            "train_loss": 1.0 / (epoch + 1),
-            "val_loss": 1.1 / (epoch + 1),
-            "lr": 1e-3 if epoch < 3 else 1e-4,
-            "num_unfrozen": 0 if epoch < 3 else 2,
-        }
-        for epoch in range(6)
-    ]
-    return {
-        "framework": "torch",
-        "backbone": backbone,
-        "strategy": strategy,
-        "seed": seed,
-        "weights": "none (random init)",
-        "data": "phantom",
-        "synthetic": True,
-        "image_size": 32,
-        **classification_metrics(truth, predicted, CLASS_NAMES),
-        "class_names": CLASS_NAMES,
-        "epochs": 6,
-        "best_epoch": 4,
-        "wall_s": 1.25,
-        "size_mb": 3.5,
-        "load_s": 0.01,
-        "top_n": None if dynamic else 5,
-        "num_groups": 6 if dynamic else None,
-        "unfreeze_events": events,
-        "timeline": timeline,
-    }
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     rng = np.random.default_rng(0)
     runs = [
-        _run(backbone, strategy, 0, rng)
+        fake_run(backbone, strategy, 0, rng, hit_rate=0.0 if backbone == "resnet50" else 0.75)
         for backbone in ("mobilenet_v2", "resnet50")
         for strategy in ("traditional", "dynamic")
     ]
@@ -81,9 +43,10 @@ def test_results_csv_has_one_row_per_run_and_fractions(study):
     assert len(rows) == len(runs)
     for column in REQUIRED_RUN_KEYS:
         assert column in rows[0]
-    assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
+    assert all(0.0 <= float(row["balanced_accuracy"]) <= 1.0 for row in rows)
     assert [row["num_unfreeze_events"] for row in rows] == ["0", "1", "0", "1"]
     assert rows[0]["num_groups"] == "" and rows[1]["top_n"] == ""
+    assert rows[0]["sanity"] == "" and "at or below chance" in rows[2]["sanity"]
 
 
 def test_results_json_is_strict_json_with_meta_and_statistics(study):
@@ -95,20 +58,29 @@ def test_results_json_is_strict_json_with_meta_and_statistics(study):
     document = json.loads((out_dir / "results.json").read_text(), parse_constant=reject)
     assert document["meta"]["data"] == "phantom"
     assert len(document["runs"]) == len(runs)
-    assert document["statistics"]["paired"]["accuracy"]["n"] == 2
+    paired = document["statistics"]["paired"]
+    assert list(paired) == ["traditional"]
+    assert paired["traditional"]["balanced_accuracy"]["n"] == 2
+    assert document["runs"][2]["baselines"]["majority"]["answers"] == "always 'Pneumonia'"
 
 
-def test_markdown_names_every_backbone_and_carries_the_banner(study):
-    _, _, report = study
+def test_markdown_puts_the_baselines_beside_the_runs_and_warns(study):
+    _, runs, report = study
     text = report.read_text()
     assert report.name == "report.md"
-    assert "mobilenet_v2" in text and "resnet50" in text
     assert text.count(SYNTHETIC_BANNER) == 2  # top and bottom
-    assert "Table 3 layout" in text and "Table 4 layout" in text
-    assert "scipy.stats.ttest_rel" in text
     assert "None" not in text
-    traditional = text.split("Table 3 layout")[1].split("Table 4 layout")[0]
-    assert "| 5 | 6.0 |" in traditional  # top_n then epochs
+    warning = text.split("> **WARNING: 2 of 4 runs")[1].split("## Setup")[0]
+    assert "torch resnet50 traditional seed 0" in warning and "mobilenet_v2" not in warning
+    per_run = text.split("## Per run")[1].split("## Paired tests")[0]
+    assert "Recall Atelectasis (%)" in per_run
+    majority = runs[0]["baselines"]["majority"]
+    assert (
+        f"| *majority class* (always 'Pneumonia') | {100 * majority['accuracy']:.1f} |" in per_run
+    )
+    assert "| *prior sampling*" in per_run and "| *chance (1/3)* | 33.3 | 33.3 |" in per_run
+    assert "scipy.stats.ttest_rel" in text and "Dynamic vs" in text
+    assert "| mobilenet_v2 | traditional | 1 |" in text  # per-strategy summary, one seed
 
 
 def test_figures_are_png_files_and_linked(study):
@@ -122,21 +94,31 @@ def test_figures_are_png_files_and_linked(study):
         assert f"figures/{path.name}" in report.read_text()
 
 
-def test_stats_cli_reads_the_written_csv(study, capsys):
+def test_compare_cli_reads_the_written_csv(study, capsys):
     out_dir, _, _ = study
-    assert stats_main([str(out_dir / "results.csv")]) == 0
-    assert "mobilenet_v2" in capsys.readouterr().out
+    assert compare_main([str(out_dir / "results.csv")]) == 0
+    output = capsys.readouterr().out
+    assert "dynamic vs traditional" in output and "balanced_accuracy" in output
 
 
-def test_real_data_report_has_no_banner(tmp_path):
-    run = _run("vgg16", "dynamic", 0, np.random.default_rng(1))
+def test_real_data_report_has_no_synthetic_banner_and_says_when_nothing_compares(
+    tmp_path,
+):
+    run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(1))
     run.update(synthetic=False, timeline=[])
     text = write_report(
         tmp_path, [run], {"data": "covid_cxr_128.npz", "synthetic": False}
     ).read_text()
     assert "SYNTHETIC" not in text
-    assert "No traditional runs." in text
-    assert "0 pair(s): a paired test needs at least 2" in text
+    assert "no other strategy: nothing to compare" in text
+
+
+def test_an_incomplete_study_carries_the_banner_top_and_bottom(tmp_path):
+    run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(1))
+    meta = {"synthetic": True, "incomplete": "interrupted after 1 of 4 runs"}
+    text = write_report(tmp_path, [run], meta).read_text()
+    assert text.count("> **INCOMPLETE STUDY — interrupted after 1 of 4 runs.**") == 2
+    assert text.index("INCOMPLETE") < text.index("## Setup")
 
 
 def test_bad_runs_are_rejected(tmp_path):
@@ -144,7 +126,8 @@ def test_bad_runs_are_rejected(tmp_path):
         write_report(tmp_path, [], {})
     with pytest.raises(ValueError, match=r"run 0 lacks keys \['load_s'\]"):
         write_report(tmp_path, [{key: 0 for key in REQUIRED_RUN_KEYS if key != "load_s"}], {})
-    run = _run("vgg16", "dynamic", 0, np.random.default_rng(2))
+    run = fake_run("vgg16", "dynamic", 0, np.random.default_rng(2))
     run["strategy"] = "gradual"
     with pytest.raises(ValueError, match="strategy 'gradual'"):
         write_report(tmp_path, [run], {})
+    assert not list(tmp_path.iterdir())  # nothing written for a refused report

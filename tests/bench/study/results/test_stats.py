@@ -1,9 +1,8 @@
-"""Paired tests and seed summaries against scipy and hand computation; the --paper CLI."""
+"""Paired tests and seed summaries against scipy and hand computation."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
@@ -11,11 +10,9 @@ from scipy import stats as scipy_stats
 
 from benchmarks.study.results.stats import (
     compare_strategies,
-    load_paper_tables,
-    main,
     paired_test,
-    read_results_csv,
     seed_summary,
+    summarize_seeds,
 )
 
 # differences 0.01, 0.03, 0.01, 0.04: mean 0.0225, SD 0.015, t = 0.0225 / (0.015 / 2) = 3
@@ -85,7 +82,7 @@ def _runs(backbones, seeds, gain):
 
 def test_compare_strategies_pairs_backbones_averaged_over_seeds():
     results = compare_strategies(_runs(["a", "b", "c"], [0, 1], gain=[0.01, 0.03, 0.05]))
-    accuracy = results["accuracy"]
+    accuracy = results["traditional"]["accuracy"]
     assert accuracy["unit"] == "backbone" and accuracy["n"] == 3
     assert accuracy["mean"] == pytest.approx(0.03) and accuracy["sd"] == pytest.approx(0.02)
     assert accuracy["pairs"] == ["a", "b", "c"]
@@ -93,41 +90,26 @@ def test_compare_strategies_pairs_backbones_averaged_over_seeds():
 
 def test_single_backbone_falls_back_to_seed_pairs():
     results = compare_strategies(_runs(["only"], [0, 1, 2], gain=[0.02]))
-    assert results["macro_f1"]["unit"] == "backbone and seed"
-    assert results["macro_f1"]["n"] == 3
+    assert results["traditional"]["macro_f1"]["unit"] == "backbone and seed"
+    assert results["traditional"]["macro_f1"]["n"] == 3
 
 
-def test_paper_tables_recompute_the_stated_accuracy_gain():
-    rows = load_paper_tables()
-    assert len(rows) == 14
-    accuracy = compare_strategies(rows)["accuracy"]
-    # Table 4 - Table 3 accuracy: 0.2, 1.3, 6.3, 1.8, 3.4, 6.9, 2.4 points; mean 22.3 / 7.
-    assert 100 * accuracy["mean"] == pytest.approx(22.3 / 7)
-    assert accuracy["df"] == 6 and accuracy["p_t"] < 0.05
+def test_dynamic_is_compared_with_every_other_strategy_separately():
+    runs = _runs(["only"], [0, 1, 2], gain=[0.02])
+    for run in [r for r in runs if r["strategy"] == "traditional"]:
+        runs.append({**run, "strategy": "full", "accuracy": run["accuracy"] - 0.05})
+    results = compare_strategies(runs)
+    assert list(results) == ["traditional", "full"]
+    assert results["traditional"]["accuracy"]["mean"] == pytest.approx(0.02)
+    assert results["full"]["accuracy"]["mean"] == pytest.approx(0.07)
+    assert "balanced_accuracy" not in results["full"]  # only metrics every run carries
+    assert compare_strategies([r for r in runs if r["strategy"] != "dynamic"]) == {}
 
 
-def test_cli_paper_prints_recomputed_beside_stated(capsys):
-    assert main(["--paper"]) == 0
-    output = capsys.readouterr().out
-    assert re.search(r"mean \(pp\)\s+3\.19\s+3\.18", output)  # recomputed beside stated
-    assert re.search(r"p \(t-test\)\s+0\.016\s+0\.02", output)
-    assert re.search(r"SD \(pp\)\s+2\.53\s+1\.23", output)
-
-
-def test_cli_on_results_csv_and_usage_errors(tmp_path, capsys):
-    path = tmp_path / "results.csv"
-    runs = _runs(["a", "b"], [0, 1], gain=[0.01, 0.02])
-    lines = ["framework,backbone,strategy,seed,accuracy,macro_f1"]
-    lines += [
-        f"torch,{r['backbone']},{r['strategy']},{r['seed']},{r['accuracy']},{r['macro_f1']}"
-        for r in runs
+def test_seed_summaries_per_backbone_and_strategy():
+    rows = summarize_seeds(_runs(["a"], [0, 1], gain=[0.1]))
+    assert [(row["strategy"], row["seeds"]) for row in rows] == [
+        ("traditional", [0, 1]),
+        ("dynamic", [0, 1]),
     ]
-    path.write_text("\n".join(lines) + "\n")
-    assert read_results_csv(path)[0]["seed"] == 0
-    assert main([str(path)]) == 0
-    assert "one pair per backbone" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main([])
-    (tmp_path / "bad.csv").write_text("backbone,seed\nx,0\n")
-    with pytest.raises(ValueError, match=r"lacks columns \['accuracy', 'macro_f1', 'strategy'\]"):
-        read_results_csv(tmp_path / "bad.csv")
+    assert rows[1]["accuracy"]["mean"] == pytest.approx(0.8005)
