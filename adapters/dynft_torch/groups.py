@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from .auto_groups import auto_group_module_names, layer_parameter_groups
-from .group_specs import GroupSpec, explicit_groups, is_under, module_name_of, parameters_under
+from .group_specs import (
+    GroupSpec,
+    explicit_groups,
+    is_under,
+    module_name_of,
+    parameters_under,
+    similar_names,
+)
 from .transformer_groups import pretrained_model_groups
 
 GROUP_MODES = ("auto", "layers", "modules")
@@ -71,9 +78,11 @@ def resolve_groups(
     if backbone is None:
         root_name = ""
     elif isinstance(backbone, str):
-        if backbone not in dict(model.named_modules()):
+        modules = [name for name, _ in model.named_modules()]
+        if backbone not in modules:
             raise ValueError(
-                f"unknown backbone module name {backbone!r}: it is not in model.named_modules()"
+                f"unknown backbone module name {backbone!r}: it is not in "
+                f"model.named_modules(){similar_names(modules, backbone)}"
             )
         root_name = backbone
     else:

@@ -64,7 +64,7 @@ from .lightning_state import (
     with_budget,
 )
 from .lightning_tuner import LightningTuner
-from .param_groups import ParamGroupFn
+from .param_groups import ParamGroupFn, check_param_group_fn
 
 __all__ = ["AtomicCheckpointIO", "DynamicFineTuning"]
 
@@ -127,9 +127,7 @@ class DynamicFineTuning(pl.Callback):
         self.config = FineTuneConfig.from_options(config, **options)
         self.restore_optimizer = check_bool("restore_optimizer", restore_optimizer)
         self.optimizer_index = check_int("optimizer_index", optimizer_index, 0)
-        if param_group_fn is not None and not callable(param_group_fn):
-            raise TypeError(f"param_group_fn must be callable or None, got {param_group_fn!r}")
-        self.param_group_fn = param_group_fn
+        self.param_group_fn = check_param_group_fn(param_group_fn)
         self.backbone = backbone
         self.groups_spec = groups
         self.tuner: LightningTuner | None = None
