@@ -43,6 +43,29 @@ class BackboneGroup:
     parameter_names: tuple[str, ...]
 
 
+def check_group_arguments(backbone: object, groups: object) -> None:
+    """Refuse a ``backbone`` or ``groups`` of the wrong kind, before any model is at hand.
+
+    Raises:
+        TypeError: ``backbone`` is neither ``None``, a module nor a module name.
+        ValueError: ``groups`` is neither one of ``"auto"``, ``"layers"``, ``"modules"`` nor a
+            non-empty list.
+    """
+    if backbone is not None and not isinstance(backbone, (str, nn.Module)):
+        raise TypeError(
+            "backbone must be None, a submodule of the model or its name, got "
+            f"{type(backbone).__name__}: {backbone!r}"
+        )
+    if isinstance(groups, str):
+        if groups not in GROUP_MODES:
+            raise ValueError(
+                f"groups must be one of {GROUP_MODES} or a list of modules, parameters, names "
+                f"or patterns, got {groups!r}"
+            )
+    elif not isinstance(groups, Sequence) or not groups:
+        raise ValueError(f"groups must be one of {GROUP_MODES} or a non-empty list, got {groups!r}")
+
+
 def resolve_groups(
     model: nn.Module,
     backbone: nn.Module | str | None = None,
@@ -75,6 +98,7 @@ def resolve_groups(
         ValueError: Unknown names, a backbone outside the model, empty or overlapping groups,
             groups outside the backbone, or backbone parameters left in no group.
     """
+    check_group_arguments(backbone, groups)
     if backbone is None:
         root_name = ""
     elif isinstance(backbone, str):
@@ -92,11 +116,6 @@ def resolve_groups(
 
     parameter_groups: list[tuple[tuple[str, ...], list[str]]] = []
     if isinstance(groups, str):
-        if groups not in GROUP_MODES:
-            raise ValueError(
-                f"groups must be one of {GROUP_MODES} or a list of modules, parameters, names "
-                f"or patterns, got {groups!r}"
-            )
         # Hugging Face and timm models have their own rules (transformer_groups).
         library_groups = pretrained_model_groups(root, root_name) if groups == "auto" else None
         if groups == "layers":
@@ -107,10 +126,6 @@ def resolve_groups(
             module_groups = auto_group_module_names(root, root_name, per_leaf=groups == "modules")
             parameter_groups = [(names, parameters_under(model, names)) for names in module_groups]
     else:
-        if not isinstance(groups, Sequence) or not groups:
-            raise ValueError(
-                f"groups must be one of {GROUP_MODES} or a non-empty list, got {groups!r}"
-            )
         for names, parameter_names in explicit_groups(model, groups):
             outside = [n for n in parameter_names if not is_under(n, root_name)]
             if outside:
