@@ -116,9 +116,10 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
             ``on_train_begin``); ``print(callback.tuner.group_table())`` shows the groups.
 
     Raises:
-        TypeError: An unknown option, or a ``backbone`` that is neither a module nor a name.
-        ValueError: An invalid option or ``groups`` (at construction); a refused Trainer setting (in
-            ``Trainer(...)`` or ``train()``, before anything changes).
+        TypeError: An unknown option, a ``backbone`` that is neither a module nor a name, or a
+            ``resume_from`` that is not a path.
+        ValueError: An invalid option or ``groups`` (at construction); a refused Trainer
+            setting (in ``Trainer(...)`` or ``train()``, before anything changes).
     """
 
     def __init__(
@@ -138,6 +139,11 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         check_group_arguments(backbone, groups)
         self.backbone = backbone
         self.groups = groups
+        if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
+            raise TypeError(
+                "resume_from must be None or the path of a checkpoint-N folder (str or "
+                f"os.PathLike), got {type(resume_from).__name__}: {resume_from!r}"
+            )
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.tuner: DynamicFineTuner | None = None
         self._stage = "new"  # -> "ready" (Trainer built) -> "training" -> "ended"

@@ -137,6 +137,8 @@ def test_unknown_and_invalid_options(tmp_path):
         DynamicFineTuningCallback(groups="block")
     with pytest.raises(TypeError, match="backbone must be None, a submodule .* got int: 0"):
         DynamicFineTuningCallback(backbone=0)
+    with pytest.raises(TypeError, match="resume_from must be None or the path .* got int: 3"):
+        DynamicFineTuningCallback(resume_from=3)
 
 
 def test_a_callback_serves_one_training(tmp_path):
