@@ -102,8 +102,9 @@ class DynamicFineTuner:
             that is not callable.
         ValueError: An invalid option, bad groups, an optimizer holding a parameter twice, a
             tensor that is not a parameter of the model or no trainable parameter, an
-            unsupported or unpassed LR scheduler, or nothing left to train. Nothing is changed
-            then.
+            unsupported or unpassed LR scheduler, nothing left to train, or a
+            ``param_group_fn`` that would never be called (every backbone parameter already in
+            the optimizer with ``unfrozen_lr_ratio=1.0``). Nothing is changed then.
     """
 
     def __init__(
@@ -147,7 +148,14 @@ class DynamicFineTuner:
         unfreezable = [
             (n, self._parameters[n]) for g in self.groups for n in self.trainable_parameter_names(g)
         ]
-        placer.plan(unfreezable, self.config.unfrozen_lr_ratio)  # refuse ambiguity now
+        placements = placer.plan(unfreezable, self.config.unfrozen_lr_ratio)  # refuse ambiguity now
+        if param_group_fn is not None and not placements:
+            raise ValueError(
+                "param_group_fn would never be called: the optimizer already holds every "
+                "backbone parameter and unfrozen_lr_ratio=1.0 keeps them in its param groups, "
+                "so no new group is made. Set those settings in the optimizer's param groups, "
+                "or build the optimizer from the head's parameters only"
+            )
 
         # Everything is checked: from here on the model is changed.
         self.optimizer = optimizer

@@ -308,9 +308,27 @@ def test_wrong_types_and_misspelt_names_are_refused_by_name(arguments, error, ma
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_a_param_group_fn_that_is_not_callable_is_refused_even_when_never_called():
+def test_a_param_group_fn_that_is_not_callable_is_refused():
     model = TinyNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # all parameters: fn never called
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=0.1)
     with pytest.raises(TypeError, match=r"param_group_fn must be callable .* got str"):
         DynamicFineTuner(model, optimizer, model.backbone, param_group_fn="weight_decay")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_param_group_fn_that_would_never_be_called_is_refused():
+    model = TinyNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)  # holds every parameter
+    with pytest.raises(ValueError, match="param_group_fn would never be called"):
+        DynamicFineTuner(
+            model, optimizer, model.backbone, param_group_fn=lambda n, p: {"weight_decay": 0.5}
+        )
+    assert all(p.requires_grad for p in model.parameters())
+    # With a ratio the unfrozen parameters move to new groups, which the function configures.
+    DynamicFineTuner(
+        model,
+        optimizer,
+        model.backbone,
+        unfrozen_lr_ratio=0.1,
+        param_group_fn=lambda n, p: {"weight_decay": 0.5},
+    )
