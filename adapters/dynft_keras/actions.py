@@ -9,7 +9,13 @@ import keras
 from dynft_core import FineTuneConfig, UnfreezeScheduler
 
 from .backbone import Backbone
-from .freezing import apply_trainable, batch_norm_state, group_variables
+from .freezing import (
+    apply_trainable,
+    batch_norm_state,
+    group_variables,
+    restore_trainable_flags,
+    trainable_flags,
+)
 from .optimizer import FineTuningOptimizer, rebuild_step_functions, strategy_scope
 from .snapshot import WeightSnapshot, changeable_variables
 from .state import CallbackState
@@ -53,8 +59,10 @@ class KerasActions:
                 steps=loaded.train_steps if loaded and self._loaded_by_set_state else None,
             )
             optimizer.scale_learning_rate(scheduler.lr_scale)
+            flags = trainable_flags(model)
             apply_trainable(self.backbone, groups, 0, self._batch_norm)
             if not model.trainable_variables:
+                restore_trainable_flags(flags)  # a refused fit leaves the model as it was
                 raise ValueError(
                     f"with the backbone frozen, model {model.name!r} has no trainable "
                     "weights: nothing would train until the first unfreeze. Make the head "

@@ -65,7 +65,8 @@ class DynamicFineTuning(KerasActions, keras.callbacks.Callback):
             ``train_batchnorm``.
 
     Raises:
-        TypeError: An unknown option, or a backbone of the wrong type.
+        TypeError: An unknown option, a backbone of the wrong type, groups that are neither a
+            string nor a list, or a backup_dir that is not a path.
         ValueError: An option out of range, bad groups.
 
     Attributes:
@@ -91,6 +92,11 @@ class DynamicFineTuning(KerasActions, keras.callbacks.Callback):
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         self.verbose = verbose
+        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
+            raise TypeError(
+                "backup_dir must be None or a folder path (str or os.PathLike), got "
+                f"{type(backup_dir).__name__}: {backup_dir!r}"
+            )
         self.backup_dir = backup_dir
         self._backbone_spec = backbone
         self._group_spec = groups

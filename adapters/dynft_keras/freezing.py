@@ -63,6 +63,17 @@ def apply_trainable(
                 _set_trainable(layer, id(layer) in training_bn)
 
 
+def trainable_flags(model: keras.Model) -> list[tuple[keras.layers.Layer, bool]]:
+    """Every layer's ``trainable`` flag, outermost first, for ``restore_trainable_flags``."""
+    return [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
+
+
+def restore_trainable_flags(flags: Sequence[tuple[keras.layers.Layer, bool]]) -> None:
+    """Set the flags back; outermost first, so a container's recursion is overridden below."""
+    for layer, value in flags:
+        _set_trainable(layer, value)
+
+
 def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
     # On TensorFlow the attribute tracking skips ``layer.trainable = value`` when the layer
     # already holds ``value``, and with it the recursion into the sublayers: unfreezing a

@@ -204,6 +204,7 @@ def resolve_groups(
         The groups, index 0 next to the input.
 
     Raises:
+        TypeError: ``groups`` is neither a string nor a list.
         ValueError: Unknown mode, or the backbone yields no group (see also
             ``explicit_groups`` and
             ``block_groups``).
@@ -224,6 +225,11 @@ def resolve_groups(
                 "(BatchNormalization excluded); there is nothing to unfreeze"
             )
         return resolved
+    if not isinstance(groups, Sequence):
+        raise TypeError(
+            f"groups must be one of {GROUP_MODES} or a list of groups (lists of layers or "
+            f"layer names), got {type(groups).__name__}: {groups!r}"
+        )
     return explicit_groups(backbone, groups)
 
 

@@ -297,6 +297,7 @@ def load_checkpoint(
         tuner._apply_load(plan)
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
-    for scheduler, saved in zip(schedulers, payload["lr_schedulers"], strict=True):
-        scheduler.load_state_dict(saved["state"])
+    if schedulers:  # checked above to match the saved ones one for one
+        for scheduler, saved in zip(schedulers, payload["lr_schedulers"], strict=True):
+            scheduler.load_state_dict(saved["state"])
     return {"epoch": payload["epoch"], "extra": payload["extra"]}

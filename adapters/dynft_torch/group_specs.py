@@ -11,6 +11,7 @@ An entry is one item or a list of items (their union). An item is
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Sequence
 
@@ -69,8 +70,11 @@ def _module_names(model: nn.Module, module: nn.Module) -> list[str]:
     return [module_name_of(model, module)]  # raises, naming the module
 
 
-def _similar(names: Sequence[str], item: str) -> str:
-    close = [name for name in names if name and (item in name or name in item)][:5]
+def similar_names(names: Sequence[str], item: str) -> str:
+    """``"; similar names: [...]"`` for an error about the unknown ``item``, or ``""``."""
+    containing = [name for name in names if name and (item in name or name in item)]
+    misspelt = difflib.get_close_matches(item, [name for name in names if name], n=5)
+    close = list(dict.fromkeys(containing + misspelt))[:5]
     return f"; similar names: {close}" if close else ""
 
 
@@ -107,7 +111,7 @@ def _resolve_item(
         return sorted({_owner(n) for n in matched}), matched
     raise ValueError(
         f"unknown name {item!r} in groups: it is neither in model.named_modules() nor in "
-        f"model.named_parameters(){_similar(list(modules) + every, item)}"
+        f"model.named_parameters(){similar_names(list(modules) + every, item)}"
     )
 
 

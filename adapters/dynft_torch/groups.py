@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from .auto_groups import auto_group_module_names, layer_parameter_groups
-from .group_specs import GroupSpec, explicit_groups, is_under, module_name_of, parameters_under
+from .group_specs import (
+    GroupSpec,
+    explicit_groups,
+    is_under,
+    module_name_of,
+    parameters_under,
+    similar_names,
+)
 from .transformer_groups import pretrained_model_groups
 
 GROUP_MODES = ("auto", "layers", "modules")
@@ -34,6 +41,29 @@ class BackboneGroup:
     name: str
     module_names: tuple[str, ...]
     parameter_names: tuple[str, ...]
+
+
+def check_group_arguments(backbone: object, groups: object) -> None:
+    """Refuse a ``backbone`` or ``groups`` of the wrong kind, before any model is at hand.
+
+    Raises:
+        TypeError: ``backbone`` is neither ``None``, a module nor a module name.
+        ValueError: ``groups`` is neither one of ``"auto"``, ``"layers"``, ``"modules"`` nor a
+            non-empty list.
+    """
+    if backbone is not None and not isinstance(backbone, (str, nn.Module)):
+        raise TypeError(
+            "backbone must be None, a submodule of the model or its name, got "
+            f"{type(backbone).__name__}: {backbone!r}"
+        )
+    if isinstance(groups, str):
+        if groups not in GROUP_MODES:
+            raise ValueError(
+                f"groups must be one of {GROUP_MODES} or a list of modules, parameters, names "
+                f"or patterns, got {groups!r}"
+            )
+    elif not isinstance(groups, Sequence) or not groups:
+        raise ValueError(f"groups must be one of {GROUP_MODES} or a non-empty list, got {groups!r}")
 
 
 def resolve_groups(
@@ -68,12 +98,15 @@ def resolve_groups(
         ValueError: Unknown names, a backbone outside the model, empty or overlapping groups,
             groups outside the backbone, or backbone parameters left in no group.
     """
+    check_group_arguments(backbone, groups)
     if backbone is None:
         root_name = ""
     elif isinstance(backbone, str):
-        if backbone not in dict(model.named_modules()):
+        modules = [name for name, _ in model.named_modules()]
+        if backbone not in modules:
             raise ValueError(
-                f"unknown backbone module name {backbone!r}: it is not in model.named_modules()"
+                f"unknown backbone module name {backbone!r}: it is not in "
+                f"model.named_modules(){similar_names(modules, backbone)}"
             )
         root_name = backbone
     else:
@@ -83,11 +116,6 @@ def resolve_groups(
 
     parameter_groups: list[tuple[tuple[str, ...], list[str]]] = []
     if isinstance(groups, str):
-        if groups not in GROUP_MODES:
-            raise ValueError(
-                f"groups must be one of {GROUP_MODES} or a list of modules, parameters, names "
-                f"or patterns, got {groups!r}"
-            )
         # Hugging Face and timm models have their own rules (transformer_groups).
         library_groups = pretrained_model_groups(root, root_name) if groups == "auto" else None
         if groups == "layers":
@@ -98,10 +126,6 @@ def resolve_groups(
             module_groups = auto_group_module_names(root, root_name, per_leaf=groups == "modules")
             parameter_groups = [(names, parameters_under(model, names)) for names in module_groups]
     else:
-        if not isinstance(groups, Sequence) or not groups:
-            raise ValueError(
-                f"groups must be one of {GROUP_MODES} or a non-empty list, got {groups!r}"
-            )
         for names, parameter_names in explicit_groups(model, groups):
             outside = [n for n in parameter_names if not is_under(n, root_name)]
             if outside:

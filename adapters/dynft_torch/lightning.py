@@ -48,7 +48,7 @@ from dynft_core import Decision, FineTuneConfig, ResumeMismatchError, check_resu
 from dynft_core.scheduler import check_bool, check_int
 
 from .freezing import freeze_parameter
-from .groups import GroupSpec, resolve_groups
+from .groups import GroupSpec, check_group_arguments, resolve_groups
 from .lightning_checks import (
     check_strategy,
     check_validation_batches,
@@ -64,7 +64,7 @@ from .lightning_state import (
     with_budget,
 )
 from .lightning_tuner import LightningTuner
-from .param_groups import ParamGroupFn
+from .param_groups import ParamGroupFn, check_param_group_fn
 
 __all__ = ["AtomicCheckpointIO", "DynamicFineTuning"]
 
@@ -104,8 +104,9 @@ class DynamicFineTuning(pl.Callback):
             none when validation runs by batch count or time, or ``max_epochs=-1``.
 
     Raises:
-        TypeError: An unknown option, or ``param_group_fn`` not callable.
-        ValueError: An invalid option.
+        TypeError: An unknown option, ``param_group_fn`` not callable, or a ``backbone`` that is
+            neither a module nor a name.
+        ValueError: An invalid option or ``groups``.
 
     Attributes:
         config: The validated options.
@@ -127,9 +128,8 @@ class DynamicFineTuning(pl.Callback):
         self.config = FineTuneConfig.from_options(config, **options)
         self.restore_optimizer = check_bool("restore_optimizer", restore_optimizer)
         self.optimizer_index = check_int("optimizer_index", optimizer_index, 0)
-        if param_group_fn is not None and not callable(param_group_fn):
-            raise TypeError(f"param_group_fn must be callable or None, got {param_group_fn!r}")
-        self.param_group_fn = param_group_fn
+        self.param_group_fn = check_param_group_fn(param_group_fn)
+        check_group_arguments(backbone, groups)
         self.backbone = backbone
         self.groups_spec = groups
         self.tuner: LightningTuner | None = None

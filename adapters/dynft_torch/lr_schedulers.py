@@ -104,11 +104,16 @@ def check_lr_schedulers(
         kind = type(scheduler)
         if kind not in SUPPORTED_LR_SCHEDULERS and kind not in _registered:
             names = ", ".join(c.__name__ for c in SUPPORTED_LR_SCHEDULERS)
+            remedy = (
+                "A subclass that keeps its per-group state in base_lrs/min_lrs/max_lrs/"
+                "lr_lambdas can be admitted with "
+                f"dynft_torch.register_lr_scheduler({kind.__name__})"
+                if isinstance(scheduler, schedulers.LRScheduler)
+                else f"Pass scheduler objects built on the optimizer, not a {kind.__name__}"
+            )
             raise ValueError(
                 f"lr_scheduler {kind.__name__} is not one dynft knows how to keep on schedule "
-                f"through unfreezes; supported: {names}. A subclass that keeps its per-group "
-                "state in base_lrs/min_lrs/max_lrs/lr_lambdas can be admitted with "
-                f"dynft_torch.register_lr_scheduler({kind.__name__})"
+                f"through unfreezes; supported: {names}. {remedy}"
             )
         if getattr(scheduler, "optimizer", None) is not optimizer:
             raise ValueError(

@@ -28,6 +28,20 @@ _NOT_SETTINGS = ("params", "param_names")
 ParamGroupFn = Callable[[str, nn.Parameter], "Mapping[str, Any] | None"]
 
 
+def check_param_group_fn(param_group_fn: object) -> ParamGroupFn | None:
+    """``param_group_fn`` itself, refused unless it is callable or ``None``.
+
+    Raises:
+        TypeError: It is neither.
+    """
+    if param_group_fn is not None and not callable(param_group_fn):
+        raise TypeError(
+            f"param_group_fn must be callable (name, parameter) -> dict | None, or None; got "
+            f"{type(param_group_fn).__name__}: {param_group_fn!r}"
+        )
+    return param_group_fn
+
+
 def kind_of(parameter: torch.Tensor) -> str:
     """``"1-D"`` (biases, norm weights: no weight decay by convention) or ``"n-D"``."""
     return "1-D" if parameter.ndim <= 1 else "n-D"
@@ -87,6 +101,10 @@ def check_optimizer(
         ValueError: A parameter held twice, a tensor that is not a parameter of the model, no
             trainable parameter held, or a scheduler refused by ``check_lr_schedulers``.
     """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     held = held_groups(optimizer)
     foreign = set(held) - {id(p) for p in parameters.values()}
     if foreign:

@@ -39,7 +39,7 @@ from dynft_core import Decision, FineTuneConfig
 from dynft_core.scheduler import check_bool
 
 from .group_specs import GroupSpec
-from .groups import resolve_groups
+from .groups import check_group_arguments, resolve_groups
 from .param_groups import held_groups
 from .trainer_arguments import (
     check_model,
@@ -116,9 +116,10 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
             ``on_train_begin``); ``print(callback.tuner.group_table())`` shows the groups.
 
     Raises:
-        TypeError: An unknown option.
-        ValueError: An invalid option (at construction); a refused Trainer setting (in
-            ``Trainer(...)`` or ``train()``, before anything changes).
+        TypeError: An unknown option, a ``backbone`` that is neither a module nor a name, or a
+            ``resume_from`` that is not a path.
+        ValueError: An invalid option or ``groups`` (at construction); a refused Trainer
+            setting (in ``Trainer(...)`` or ``train()``, before anything changes).
     """
 
     def __init__(
@@ -135,8 +136,14 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         self._explicit_monitor = "monitor" in options or self.config.monitor != _DEFAULTS.monitor
         self._explicit_mode = "mode" in options or self.config.mode != _DEFAULTS.mode
         self.restore_optimizer = check_bool("restore_optimizer", restore_optimizer)
+        check_group_arguments(backbone, groups)
         self.backbone = backbone
         self.groups = groups
+        if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
+            raise TypeError(
+                "resume_from must be None or the path of a checkpoint-N folder (str or "
+                f"os.PathLike), got {type(resume_from).__name__}: {resume_from!r}"
+            )
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.tuner: DynamicFineTuner | None = None
         self._stage = "new"  # -> "ready" (Trainer built) -> "training" -> "ended"

@@ -29,7 +29,13 @@ from .lr_schedulers import (
     scale_scheduler_rates,
 )
 from .optim import OptimizerStateSnapshot, reset_optimizer_state
-from .param_groups import ParamGroupFn, ParamGroupPlacer, check_optimizer, scale_group_rates
+from .param_groups import (
+    ParamGroupFn,
+    ParamGroupPlacer,
+    check_optimizer,
+    check_param_group_fn,
+    scale_group_rates,
+)
 from .snapshot import WeightSnapshot
 from .training_watch import TrainingWatch, warn_when_discarded_unfinished
 from .tuner_state import LoadPlan, load_plan, tuner_state
@@ -91,11 +97,14 @@ class DynamicFineTuner:
         snapshot: The [`WeightSnapshot`][dynft_torch.WeightSnapshot] of the best epoch.
 
     Raises:
-        TypeError: An unknown option, or an FSDP model.
+        TypeError: An unknown option, an FSDP model, a ``model`` that is not an ``nn.Module``,
+            an ``optimizer`` that is not a ``torch.optim.Optimizer``, or a ``param_group_fn``
+            that is not callable.
         ValueError: An invalid option, bad groups, an optimizer holding a parameter twice, a
             tensor that is not a parameter of the model or no trainable parameter, an
-            unsupported or unpassed LR scheduler, or nothing left to train. Nothing is changed
-            then.
+            unsupported or unpassed LR scheduler, nothing left to train, or a
+            ``param_group_fn`` that would never be called (every backbone parameter already in
+            the optimizer with ``unfrozen_lr_ratio=1.0``). Nothing is changed then.
     """
 
     def __init__(
@@ -115,6 +124,9 @@ class DynamicFineTuner:
         self.config = FineTuneConfig.from_options(config, **options)
         check_bool("restore_optimizer", restore_optimizer)
         check_bool("sync_ranks", sync_ranks)
+        check_param_group_fn(param_group_fn)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = unwrap_model(model)
         self.groups: list[BackboneGroup] = resolve_groups(self.model, backbone, groups)
         self._parameters = dict(self.model.named_parameters())
@@ -136,7 +148,14 @@ class DynamicFineTuner:
         unfreezable = [
             (n, self._parameters[n]) for g in self.groups for n in self.trainable_parameter_names(g)
         ]
-        placer.plan(unfreezable, self.config.unfrozen_lr_ratio)  # refuse ambiguity now
+        placements = placer.plan(unfreezable, self.config.unfrozen_lr_ratio)  # refuse ambiguity now
+        if param_group_fn is not None and not placements:
+            raise ValueError(
+                "param_group_fn would never be called: the optimizer already holds every "
+                "backbone parameter and unfrozen_lr_ratio=1.0 keeps them in its param groups, "
+                "so no new group is made. Set those settings in the optimizer's param groups, "
+                "or build the optimizer from the head's parameters only"
+            )
 
         # Everything is checked: from here on the model is changed.
         self.optimizer = optimizer

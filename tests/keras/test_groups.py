@@ -110,6 +110,7 @@ def test_explicit_groups_by_name_and_by_layer():
         ([["conv0"], ["conv1", "conv0"]], ValueError, r"in groups\[0\] and groups\[1\]"),
         (["conv0"], TypeError, "must be a list of layers or layer names"),
         ([[3]], TypeError, "entries must be layers or layer names"),
+        (3, TypeError, r"groups must be one of \('layers', 'blocks'\) or a list .* got int: 3"),
     ],
 )
 def test_group_errors(spec, error, message):
@@ -156,4 +157,16 @@ def test_backbone_outside_the_model_fails_at_fit():
 )
 def test_invalid_callback_arguments_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        DynamicFineTuning(tiny_backbone(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"groups": 3}, r"groups must be one of \('layers', 'blocks'\) or a list .* got int: 3"),
+        ({"backup_dir": 3}, r"backup_dir must be None or a folder path .* got int: 3"),
+    ],
+)
+def test_callback_arguments_of_the_wrong_type_fail_at_construction(kwargs, message):
+    with pytest.raises(TypeError, match=message):
         DynamicFineTuning(tiny_backbone(), **kwargs)

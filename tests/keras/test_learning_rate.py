@@ -171,5 +171,9 @@ def test_a_head_without_trainable_weights_is_refused():
     model.get_layer("head").trainable = False
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x, y = tiny_data(count=8)
+    flags = [(layer.name, layer.trainable) for layer in model._flatten_layers()]
+    compiled = model.optimizer
     with pytest.raises(ValueError, match="has no trainable weights: nothing would train"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[DynamicFineTuning(backbone, verbose=0)])
+    assert [(layer.name, layer.trainable) for layer in model._flatten_layers()] == flags
+    assert model.optimizer is compiled

@@ -127,6 +127,15 @@ def test_objects_built_differently_are_refused_naming_the_key(saved, options, ma
     assert_unchanged(objects, signature)
 
 
+def test_the_model_alone_loads_from_a_checkpoint_holding_schedulers(saved):
+    model = build(seed=1)[0]
+    info = load_checkpoint(saved, model=model)
+    stored = torch.load(saved, weights_only=True)["model"]
+    assert info["epoch"] == 4
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, stored[name]), name
+
+
 def test_optimizer_layout_and_scheduler_classes_are_checked(saved, tmp_path):
     model, optimizer, scheduler, tuner = build(seed=1)
     signature = fresh_signature((model, optimizer, scheduler, tuner))

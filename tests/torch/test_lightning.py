@@ -223,6 +223,10 @@ def test_bad_options_fail_at_construction():
         DynamicFineTuning(optimizer_index=-1)
     with pytest.raises(TypeError, match="param_group_fn must be callable"):
         DynamicFineTuning(param_group_fn="weight_decay")
+    with pytest.raises(ValueError, match=r"groups must be one of .* got 'layer'"):
+        DynamicFineTuning(groups="layer")
+    with pytest.raises(TypeError, match="backbone must be None, a submodule .* got int: 3"):
+        DynamicFineTuning(backbone=3)
 
 
 def test_optimizer_index_beyond_the_optimizers_is_refused(tmp_path):

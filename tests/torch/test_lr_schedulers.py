@@ -207,6 +207,8 @@ def test_unsupported_attached_unpassed_and_foreign_schedulers_are_refused():
         ValueError, match=r"Custom is not one dynft knows .*register_lr_scheduler\(Custom\)"
     ):
         DynamicFineTuner(model, optimizer, model.backbone, lr_scheduler=custom)
+    with pytest.raises(ValueError, match=r"str is not one dynft knows .*not a str$"):
+        DynamicFineTuner(model, optimizer, model.backbone, lr_scheduler="cosine")
     with pytest.raises(ValueError, match="attached to this optimizer but was not passed"):
         DynamicFineTuner(model, optimizer, model.backbone)
     other = torch.optim.SGD(model.parameters(), lr=0.1)

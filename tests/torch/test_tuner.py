@@ -287,3 +287,48 @@ def test_optimizer_errors_are_clear():
         DynamicFineTuner(
             model, torch.optim.SGD(model.parameters(), lr=0.1), groups=["backbone", "head"]
         )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        (lambda m: ("model", torch.optim.SGD(m.parameters(), lr=0.1)), TypeError, "got str"),
+        (lambda m: (m, [*m.parameters()]), TypeError, "torch.optim.Optimizer, got list"),
+        (
+            lambda m: (m, torch.optim.SGD(m.parameters(), lr=0.1), "backbon"),
+            ValueError,
+            r"unknown backbone module name 'backbon'.*similar names: \['backbone'",
+        ),
+    ],
+)
+def test_wrong_types_and_misspelt_names_are_refused_by_name(arguments, error, match):
+    model = TinyNet()
+    with pytest.raises(error, match=match):
+        DynamicFineTuner(*arguments(model))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_param_group_fn_that_is_not_callable_is_refused():
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"param_group_fn must be callable .* got str"):
+        DynamicFineTuner(model, optimizer, model.backbone, param_group_fn="weight_decay")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_param_group_fn_that_would_never_be_called_is_refused():
+    model = TinyNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)  # holds every parameter
+    with pytest.raises(ValueError, match="param_group_fn would never be called"):
+        DynamicFineTuner(
+            model, optimizer, model.backbone, param_group_fn=lambda n, p: {"weight_decay": 0.5}
+        )
+    assert all(p.requires_grad for p in model.parameters())
+    # With a ratio the unfrozen parameters move to new groups, which the function configures.
+    DynamicFineTuner(
+        model,
+        optimizer,
+        model.backbone,
+        unfrozen_lr_ratio=0.1,
+        param_group_fn=lambda n, p: {"weight_decay": 0.5},
+    )

@@ -133,6 +133,12 @@ def test_unknown_and_invalid_options(tmp_path):
         DynamicFineTuningCallback(decay=1.5)
     with pytest.raises(ValueError, match="restore_optimizer"):
         DynamicFineTuningCallback(restore_optimizer="yes")
+    with pytest.raises(ValueError, match=r"groups must be one of .* got 'block'"):
+        DynamicFineTuningCallback(groups="block")
+    with pytest.raises(TypeError, match="backbone must be None, a submodule .* got int: 0"):
+        DynamicFineTuningCallback(backbone=0)
+    with pytest.raises(TypeError, match="resume_from must be None or the path .* got int: 3"):
+        DynamicFineTuningCallback(resume_from=3)
 
 
 def test_a_callback_serves_one_training(tmp_path):
