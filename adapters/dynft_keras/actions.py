@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import keras
 
@@ -40,6 +41,7 @@ class KerasActions:
     _loaded: CallbackState | None
     _loaded_by_set_state: bool
     _pending: str | None
+    _as_given: tuple[list[tuple[keras.layers.Layer, bool]], Any]
 
     def _install_optimizer(self) -> None:
         model, scheduler, groups = self.model, self.scheduler, self.groups
@@ -60,6 +62,7 @@ class KerasActions:
             )
             optimizer.scale_learning_rate(scheduler.lr_scale)
             flags = trainable_flags(model)
+            self._as_given = (flags, model.optimizer)
             apply_trainable(self.backbone, groups, 0, self._batch_norm)
             if not model.trainable_variables:
                 restore_trainable_flags(flags)  # a refused fit leaves the model as it was
@@ -79,6 +82,13 @@ class KerasActions:
         apply_trainable(self.backbone, groups, scheduler.num_unfrozen, self._batch_norm)
         model.optimizer = self._optimizer = optimizer
         rebuild_step_functions(model)
+
+    def _undo_install(self) -> None:
+        """Give the model back its trainable flags and optimizer, as they were before fit."""
+        flags, optimizer = self._as_given
+        restore_trainable_flags(flags)
+        self.model.optimizer, self._optimizer = optimizer, None
+        rebuild_step_functions(self.model)
 
     def _variables_of(self, indices: tuple[int, ...]) -> list[keras.Variable]:
         assert self.groups is not None

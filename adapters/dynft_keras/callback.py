@@ -265,6 +265,8 @@ class DynamicFineTuning(KerasActions, keras.callbacks.Callback):
             )
         if logs is None or self.config.monitor not in logs:
             present = sorted(logs) if logs else []
+            if scheduler.epoch == 0 and self._loaded is None:
+                self._undo_install()  # no decision was taken: the model goes back as given
             raise KeyError(
                 f"DynamicFineTuning monitors {self.config.monitor!r}, but the epoch logs only "
                 f"have {present}; pass validation_data to fit (and validation_freq=1) or "

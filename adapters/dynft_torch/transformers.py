@@ -149,6 +149,8 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         self._stage = "new"  # -> "ready" (Trainer built) -> "training" -> "ended"
         self._first_step = 0
         self._unmatched: tuple[int, list[str]] | None = None
+        self._flags_before: list[tuple[nn.Parameter, bool]] = []
+        self._resumed = False
 
     @property
     def decisions(self) -> list[Decision]:
@@ -222,6 +224,8 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
                 optimizer=optimizer,
                 lr_scheduler=lr_scheduler,
             )
+        self._flags_before = [(p, p.requires_grad) for p in model.parameters()]
+        self._resumed = saved is not None
         with _undone_on_error(model) as built:
             tuner = DynamicFineTuner(
                 model,
@@ -349,11 +353,23 @@ class DynamicFineTuningCallback(transformers.TrainerCallback):
         if global_step is not None and global_step == step:
             return
         monitor = self.tuner.config.monitor if self.tuner is not None else self.config.monitor
+        if self.tuner is not None and self.tuner.scheduler.epoch == 0 and not self._resumed:
+            self._undo_freeze()  # no decision was taken: the model goes back as it was given
+        bare = monitor.removeprefix("eval_")
+        renamed = f"eval_{bare.removeprefix('val_')}"
+        hint = f" (Trainer names it {renamed!r})" if bare.startswith("val_") else ""
         raise KeyError(
             f"DynamicFineTuningCallback monitors {monitor!r}, but the evaluation at step {step} "
-            f"reported only {keys}; return it from compute_metrics, or pass monitor= (with "
-            "several eval datasets: 'eval_<name>_loss' ...) or set metric_for_best_model"
+            f"reported only {keys}{hint}; return it from compute_metrics, or pass monitor= "
+            "(with several eval datasets: 'eval_<name>_loss' ...) or set metric_for_best_model"
         )
+
+    def _undo_freeze(self) -> None:
+        assert self.tuner is not None
+        self.tuner.batchnorm.remove()
+        for parameter, requires_grad in self._flags_before:
+            parameter.requires_grad_(requires_grad)
+        self._stage = "ended"
 
     def _record(self, decision: Decision, state: Any) -> None:
         tuner = self.tuner

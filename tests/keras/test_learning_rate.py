@@ -83,15 +83,23 @@ def test_verbose_prints_the_reason_of_each_unfreeze_and_the_stop(capsys):
     assert "unfroze group 1" in lines[1] and "epoch budget of 3 reached" in lines[1]
 
 
-def test_missing_monitor_lists_the_keys_present():
+def test_missing_monitor_lists_the_keys_present_and_gives_the_model_back_as_it_was():
     model, backbone = tiny_model()
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    optimizer = model.optimizer
+    flags = [layer.trainable for layer in model._flatten_layers()]
     x, y = tiny_data(count=8)
     cb = DynamicFineTuning(backbone, monitor="val_auc", verbose=0)
     with pytest.raises(
         KeyError, match=r"monitors 'val_auc', but the epoch logs only have \['loss'\]"
     ):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+    assert model.optimizer is optimizer
+    assert [layer.trainable for layer in model._flatten_layers()] == flags
+    before = [np.array(w) for w in backbone.trainable_weights]
+    model.fit(x, y, epochs=1, verbose=0)  # a plain fit afterwards trains the backbone again
+    after = [np.array(w) for w in backbone.trainable_weights]
+    assert before and any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("mode", ["auto", "max"])

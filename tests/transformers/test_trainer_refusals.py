@@ -68,11 +68,21 @@ def test_several_eval_datasets_decide_on_the_monitored_one(tmp_path):
     assert [d.value for d in callback.decisions[:3]] == losses
 
 
-def test_missing_monitor_is_an_error(tmp_path):
+def test_missing_monitor_is_an_error_and_leaves_the_model_trainable_as_given(tmp_path):
     trainer, _, _ = make_trainer(
         "bert", tmp_path, [1.0], callback=DynamicFineTuningCallback(monitor="nothing", mode="min")
     )
+    flags = {name: p.requires_grad for name, p in trainer.model.named_parameters()}
+    assert all(flags.values())
     with pytest.raises(KeyError, match=r"monitors 'eval_nothing', but the evaluation at step 4"):
+        trainer.train()
+    assert {name: p.requires_grad for name, p in trainer.model.named_parameters()} == flags
+
+
+def test_a_keras_style_val_monitor_names_the_trainer_key(tmp_path):
+    callback = DynamicFineTuningCallback(monitor="val_loss")
+    trainer, _, _ = make_trainer("bert", tmp_path, None, callback=callback)
+    with pytest.raises(KeyError, match=r"monitors 'eval_val_loss'.*Trainer names it 'eval_loss'"):
         trainer.train()
 
 
