@@ -219,7 +219,12 @@ class UnfreezeScheduler:
         Returns:
             A ``Decision`` with ``stop=True`` and ``external_stop=True``; its ``epoch`` is the
             last epoch stepped (no new epoch is counted) and its ``value`` is NaN.
+
+        Raises:
+            TypeError: ``why`` is not a string (nothing is changed).
         """
+        if not isinstance(why, str):
+            raise TypeError(f"why must be a string saying what ended training, got {why!r}")
         has_best = self.best_epoch is not None
         already_stopped = self.stopped
         if already_stopped:

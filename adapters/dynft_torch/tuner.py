@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -165,6 +166,7 @@ class DynamicFineTuner:
         self.batchnorm = BatchNormFreezer(layers)
         if not self.config.train_batchnorm:
             warn_zero_weight_batchnorms(layers)
+            self._warn_empty_groups()
         for name in grouped:
             freeze_parameter(self._parameters[name])
         self.snapshot = WeightSnapshot(self.model)
@@ -182,6 +184,19 @@ class DynamicFineTuner:
     def restore_optimizer(self) -> bool:
         """Whether rollbacks restore the optimizer state too."""
         return self._optimizer_snapshot is not None
+
+    def _warn_empty_groups(self) -> None:
+        empty = [i for i, g in enumerate(self.groups) if not self.trainable_parameter_names(g)]
+        if empty:
+            names = ", ".join(self.groups[i].name for i in empty[:4])
+            warnings.warn(
+                f"dynft: groups {empty} ({names}{' ...' if len(empty) > 4 else ''}) hold only "
+                "BatchNorm parameters, which stay frozen (train_batchnorm=False): unfreezing "
+                "them trains nothing, yet counts toward step and applies the decay. Use "
+                "groups='layers' (weight layers only, the paper's unit) or train_batchnorm=True",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def trainable_parameter_names(self, group: BackboneGroup) -> list[str]:
         """Names of the parameters that unfreezing ``group`` makes trainable.

@@ -268,3 +268,12 @@ def test_restore_best_weights_false_keeps_the_last_weights_at_the_end() -> None:
     other.step(1.0)
     other.step(2.0)
     assert not other.finish("budget").restore_best
+
+
+def test_finish_with_a_reason_that_is_not_text_is_refused_and_changes_nothing() -> None:
+    scheduler = UnfreezeScheduler(num_groups=2, patience=1)
+    scheduler.step(1.0)
+    before = scheduler.state_dict()
+    with pytest.raises(TypeError, match=r"why must be a string .* got 3"):
+        scheduler.finish(3)  # type: ignore[arg-type]
+    assert scheduler.state_dict() == before and not scheduler.stopped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import pytest
@@ -332,3 +333,18 @@ def test_a_param_group_fn_that_would_never_be_called_is_refused():
         unfrozen_lr_ratio=0.1,
         param_group_fn=lambda n, p: {"weight_decay": 0.5},
     )
+
+
+def _head_only_tuner(groups: str, **options) -> DynamicFineTuner:
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    return DynamicFineTuner(model, optimizer, backbone="backbone", groups=groups, **options)
+
+
+def test_groups_of_batchnorm_only_warn_unless_batchnorm_trains():
+    with pytest.warns(UserWarning, match=r"groups \[1, 3, 5, 7\] \(backbone.0.1, .*only BatchNorm"):
+        _head_only_tuner("modules")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _head_only_tuner("layers")
+        _head_only_tuner("modules", train_batchnorm=True)
