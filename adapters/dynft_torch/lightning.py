@@ -48,7 +48,8 @@ from dynft_core import Decision, FineTuneConfig, ResumeMismatchError, check_resu
 from dynft_core.scheduler import check_bool, check_int
 
 from .freezing import freeze_parameter
-from .groups import GroupSpec, check_group_arguments, resolve_groups
+from .group_specs import GroupSpec
+from .groups import check_group_arguments, resolve_groups
 from .lightning_checks import (
     check_strategy,
     check_validation_batches,

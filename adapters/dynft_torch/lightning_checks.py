@@ -17,8 +17,8 @@ from lightning.pytorch.strategies import (
     FSDPStrategy,
     ModelParallelStrategy,
     SingleDeviceStrategy,
-    XLAStrategy,
 )
+from lightning.pytorch.strategies.xla import XLAStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 _SHARDED = (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)
@@ -112,7 +112,7 @@ def validation_cadence(trainer: pl.Trainer) -> tuple[int | None, str | None]:
     budget = None if epochs is None or epochs < 0 else epochs
     every = trainer.check_val_every_n_epoch
     interval = trainer.val_check_interval
-    if trainer._val_check_time_interval is not None:
+    if getattr(trainer, "_val_check_time_interval", None) is not None:
         cadence = "validation runs by wall-clock time"
         budget = None
     elif every is None:

@@ -107,7 +107,9 @@ def with_budget(tuner_state: Mapping[str, Any], budget: int | None) -> Mapping[s
         ValueError: The saved run has taken more decisions than ``budget`` allows.
     """
     scheduler = tuner_state.get("scheduler")
-    config = scheduler.get("config") if isinstance(scheduler, Mapping) else None
+    if not isinstance(scheduler, Mapping):
+        return tuner_state
+    config = scheduler.get("config")
     if not isinstance(config, Mapping) or config.get("max_epochs") == budget:
         return tuner_state
     epoch = scheduler.get("epoch")

@@ -115,6 +115,6 @@ def _warn_if_unfinished(scheduler: UnfreezeScheduler, watch: TrainingWatch) -> N
 
 def warn_when_discarded_unfinished(
     owner: Any, scheduler: UnfreezeScheduler, watch: TrainingWatch
-) -> weakref.finalize:
+) -> weakref.finalize[..., None]:
     """Warn when ``owner`` dies (or at exit) with a run neither stopped nor finished."""
     return weakref.finalize(owner, _warn_if_unfinished, scheduler, watch)

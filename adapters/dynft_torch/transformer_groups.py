@@ -66,6 +66,7 @@ def pretrained_model_groups(root: nn.Module, root_name: str) -> list[ParameterGr
     pretrained_class = _hugging_face_model_class()
     if pretrained_class is not None and isinstance(root, pretrained_class):
         base = root.base_model
+        assert isinstance(base, nn.Module)
         base_name = next(
             _join(root_name, name) if name else root_name
             for name, module in root.named_modules()

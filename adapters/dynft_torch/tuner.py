@@ -22,7 +22,8 @@ from .freezing import (
     freeze_parameter,
     warn_zero_weight_batchnorms,
 )
-from .groups import BackboneGroup, GroupSpec, group_table, resolve_groups
+from .group_specs import GroupSpec
+from .groups import BackboneGroup, group_table, resolve_groups
 from .lr_schedulers import (
     as_scheduler_list,
     is_scheduled,

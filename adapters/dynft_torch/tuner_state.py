@@ -114,7 +114,7 @@ def _placements(tuner: DynamicFineTuner, saved: object, unfrozen: list[str]) -> 
 def _snapshot(tuner: DynamicFineTuner, saved: object, expected: set[str], has_best: bool) -> None:
     if not isinstance(saved, Mapping):
         raise _fail("snapshot", f"must be a dict of tensors, got {type(saved).__name__}")
-    named = dict(tuner.model.named_parameters())
+    named: dict[str, torch.Tensor] = dict(tuner.model.named_parameters())
     named.update(tuner.model.named_buffers())
     for name, tensor in saved.items():
         if name not in named or not isinstance(tensor, torch.Tensor):
