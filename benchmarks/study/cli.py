@@ -34,9 +34,6 @@ from benchmarks.study.sweep import SWEEPABLE, parse_sweep
 FRAMEWORKS = ("torch", "keras")
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
-FRAMEWORKS = ("torch", "keras")
-INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
-
 
 class UsageError(StudyConfigError):
     """A command-line value is invalid (the message names it and what is allowed)."""
@@ -128,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-imbalance handling: tempered (default: sqrt-frequency batches + Eq. 14 "
         "on the sampled shares), sampler, weights, both (the two compounded), none",
     )
+    add(
+        "--drop-classes",
+        metavar="NAME,...",
+        help="leave the images of these classes out before the split (a class too small to "
+        "learn or measure, e.g. ARDS of the COVID set; reported)",
+    )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
     add(
         "--sweep",
@@ -159,6 +162,8 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["weights"] = args.weights
     if args.balance is not None:
         changes["balance"] = args.balance
+    if args.drop_classes is not None:
+        changes["drop_classes"] = _csv_list("--drop-classes", args.drop_classes)
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
     if args.sweep is not None:

@@ -45,6 +45,8 @@ class StudyConfig:
         balance: Class-imbalance handling, one of
             ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
             sqrt-frequency sampler with Eq. 14 computed on the sampled shares, one correction.
+        drop_classes: Class names whose images are left out before the split (a class too
+            small to learn or to measure; reported). Defaults to none.
         sweep: Settings swept per strategy on the validation split before the runs, e.g.
             ``{"lr": (1e-4, 3e-4, 1e-3)}`` (see ``benchmarks.study.sweep``); empty (the
             default) runs every strategy with the values above.
@@ -70,6 +72,7 @@ class StudyConfig:
     phantom_images: int = 600
     phantom_size: int = 96
     balance: str = DEFAULT_BALANCE
+    drop_classes: tuple[str, ...] = ()
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     threads: int | None = 1
 
