@@ -97,6 +97,7 @@ class Study:
                 "patience": cfg.patience,
                 "step": cfg.step,
                 "decay": cfg.decay,
+                "unfrozen_lr_ratio": cfg.unfrozen_lr_ratio,
                 "top_n_overrides": dict(cfg.top_n),
                 "phantom_images": cfg.phantom_images if cfg.data == "phantom" else None,
                 "threads": cfg.threads,

@@ -45,6 +45,7 @@ from benchmarks.study.runners.strategies import (
     FixedDepthStop,
     fixed_depth,
     staged_plan,
+    unfrozen_lr_ratio,
 )
 
 FRAMEWORK = "torch"
@@ -262,6 +263,7 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
         framework=FRAMEWORK,
         weights=weights_used,
         lr=cfg.lr,
+        lr_ratio=unfrozen_lr_ratio(ctx.strategy, cfg),
         outcome=outcome,
         test=test,
         val=validation_scores(model, ctx, data),

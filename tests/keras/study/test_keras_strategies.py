@@ -81,6 +81,7 @@ def test_each_strategy_changes_exactly_its_layers(strategy, tiny, tmp_path):
         "full": (True, True),
         "two_stage": (staged, staged),
         "dynamic": (staged, staged),  # step 3 > the 2 convolutions: both at once
+        "dynamic_tuned": (staged, staged),  # at the study's default ratio of 1
     }[strategy]
     assert (changed["conv_a"], changed["conv_b"]) == expected
 

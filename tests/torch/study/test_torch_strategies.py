@@ -19,14 +19,18 @@ from benchmarks.study.runners.records import RunContext
 CONV_1, CONV_2 = "backbone.body.0.", "backbone.body.3."
 BATCH_NORMS = ("backbone.body.1.", "backbone.body.4.")
 LR = 0.01
+# at this rate the head overshoots within a few epochs, so the first plateau comes in the budget
+PLATEAU_LR = 0.1
 
 
-def _train(strategy: str, tmp_path: Path):
+def _train(strategy: str, tmp_path: Path, ratio: float = 1.0, lr: float = LR):
     backbone = TINY_BACKBONE
     dataset = make_phantom(84, 32, seed=0)
     split = split_dataset(dataset, 0)
     data = make_training_data(dataset.images, dataset.labels, split, 32, 7, 16, seed=0)
-    cfg = StudyConfig(weights="none", epochs=6, patience=1, lr=LR, image_size=32)
+    cfg = StudyConfig(
+        weights="none", epochs=6, patience=1, lr=lr, image_size=32, unfrozen_lr_ratio=ratio
+    )
     ctx = RunContext(backbone, strategy, 0, "phantom", True, list(CLASS_NAMES), 32, tmp_path)
     torch.manual_seed(0)  # the runner seeds the same way before building
     initial, _ = build_classifier(backbone, "none", 7, 32)
@@ -57,18 +61,50 @@ def test_each_strategy_changes_exactly_its_layers(strategy, tmp_path):
         "full": (True, True),
         "two_stage": (unfrozen_before_best, unfrozen_before_best),
         "dynamic": (unfrozen_before_best, unfrozen_before_best),  # step 3 > 2 layers: both
+        "dynamic_tuned": (unfrozen_before_best, unfrozen_before_best),
     }[strategy]
     assert (_changed(changed, CONV_1), _changed(changed, CONV_2)) == expected
 
 
 @pytest.mark.parametrize(("strategy", "factor"), [("two_stage", 0.1), ("dynamic", 0.9)])
 def test_staged_strategies_unfreeze_at_their_rate(strategy, factor, tmp_path):
-    outcome, _ = _train(strategy, tmp_path)
+    outcome, _ = _train(strategy, tmp_path, lr=PLATEAU_LR)
     assert outcome.num_groups == (1 if strategy == "two_stage" else 2)
     events = outcome.unfreeze_events
     assert events, "patience 1 over 6 epochs unfreezes at the first miss"
-    assert events[0]["lr"] == pytest.approx(LR * factor)
+    assert events[0]["lr"] == pytest.approx(PLATEAU_LR * factor)
     after = [entry for entry in outcome.timeline if entry["epoch"] > events[0]["epoch"]]
-    assert after and all(entry["lr"] == pytest.approx(LR * factor) for entry in after)
+    assert after and all(entry["lr"] == pytest.approx(PLATEAU_LR * factor) for entry in after)
     assert all(entry["num_unfrozen"] == events[0]["num_unfrozen"] for entry in after)
     assert outcome.timeline[-1]["epoch"] <= 6
+
+
+@pytest.mark.parametrize(("strategy", "ratio"), [("dynamic_tuned", 0.1), ("dynamic", 1.0)])
+def test_the_unfrozen_layers_train_at_the_ratio_of_the_heads_rate(
+    strategy, ratio, tmp_path, monkeypatch
+):
+    import dynft_torch
+
+    tuners = []
+
+    class RecordedTuner(dynft_torch.DynamicFineTuner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            tuners.append(self)
+
+    monkeypatch.setattr(dynft_torch, "DynamicFineTuner", RecordedTuner)
+    # dynamic ignores the study's ratio: Algorithm 1 runs everything at one rate
+    outcome, _ = _train(strategy, tmp_path, ratio=0.1, lr=PLATEAU_LR)
+    (tuner,) = tuners
+    assert tuner.config.unfrozen_lr_ratio == ratio
+    assert outcome.unfreeze_events, "patience 1 over 6 epochs unfreezes at the first miss"
+    rates = {}
+    for group in tuner.optimizer.param_groups:
+        for parameter in group["params"]:
+            rates[id(parameter)] = group["lr"]
+    model = tuner.model
+    head_rate = rates[id(model.head.weight)]
+    assert head_rate == pytest.approx(outcome.unfreeze_events[-1]["lr"])
+    unfrozen = [p for p in model.backbone.parameters() if p.requires_grad]
+    assert len(unfrozen) == 4  # both convolutions' weights and biases; BatchNorm stays frozen
+    assert all(rates[id(p)] == pytest.approx(ratio * head_rate) for p in unfrozen)
