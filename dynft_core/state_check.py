@@ -10,7 +10,7 @@ so a state that fails changes nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .decision import Decision
@@ -27,6 +27,47 @@ class _Bad(ValueError):
 
 def _fail(key: str, problem: str) -> _Bad:
     return _Bad(f"invalid scheduler state: {key!r} {problem}")
+
+
+def check_envelope(
+    state: object, kind: str, keys: Sequence[str], version: int, state_format: str | None = None
+) -> Mapping[str, Any]:
+    """The checks every saved dynft state starts with: a dict of this format and version that
+    holds exactly ``keys``.
+
+    Args:
+        state: What was loaded.
+        kind: The state's name in messages (``"tuner"``, ``"DynamicFineTuning"``).
+        keys: Every key the state must hold, and the only ones.
+        version: The version this code reads.
+        state_format: The ``"format"`` entry the state must carry, if it has one.
+
+    Returns:
+        ``state``, as a mapping.
+
+    Raises:
+        ValueError: Not a dict, another format or version, or a missing or unknown key (the
+            message names the first).
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"a {kind} state must be a dict, got {type(state).__name__}")
+    if state_format is not None and (
+        state.get("format") != state_format or state.get("version") != version
+    ):
+        raise ValueError(
+            f"not a {state_format} state of version {version}: got format "
+            f"{state.get('format')!r}, version {state.get('version')!r}"
+        )
+    if state.get("version") != version:
+        raise ValueError(
+            f"unsupported {kind} state version {state.get('version')!r}; expected {version}"
+        )
+    missing = [key for key in keys if key not in state]
+    unknown = sorted(set(state) - set(keys))
+    if missing or unknown:
+        key, problem = (missing[0], "is missing") if missing else (unknown[0], "is unknown")
+        raise ValueError(f"invalid {kind} state: {key!r} {problem}")
+    return state
 
 
 def _count(state: Mapping[str, Any], key: str) -> int:

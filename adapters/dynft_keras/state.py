@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynft_core import FineTuneConfig, UnfreezeScheduler
+from dynft_core.state_check import check_envelope
 
 from .rates import LearningRate, deserialize_learning_rate, serialize_learning_rate
 
@@ -64,17 +65,7 @@ def parse_state(state: object, config: FineTuneConfig, num_groups: int) -> Callb
             unknown key, options or group count that differ from this callback's, or a value
             of the wrong type or inconsistent with the scheduler's history.
     """
-    if not isinstance(state, Mapping):
-        raise ValueError(f"a DynamicFineTuning state must be a dict, got {type(state).__name__}")
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"unsupported DynamicFineTuning state version {state.get('version')!r}; "
-            f"expected {STATE_VERSION}"
-        )
-    missing = [key for key in _KEYS if key not in state]
-    unknown = sorted(set(state) - set(_KEYS))
-    if missing or unknown:
-        raise _bad(missing[0] if missing else unknown[0], "is missing" if missing else "is unknown")
+    state = check_envelope(state, "DynamicFineTuning", _KEYS, STATE_VERSION)
     try:
         saved_options = FineTuneConfig.from_dict(state["options"])
     except (TypeError, ValueError) as err:

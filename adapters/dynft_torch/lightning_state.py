@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dynft_core.state_check import check_envelope
+
 from .lightning_tuner import PENDING_RESTORES, LightningTuner
 
 STATE_FORMAT = "dynft_torch.lightning.DynamicFineTuning"
@@ -63,19 +65,7 @@ def parse_state(state: object) -> SavedState:
         ValueError: Not a state of this format and version, a missing or unknown key, or a bad
             value (the message names the key).
     """
-    if not isinstance(state, Mapping):
-        raise ValueError(f"a DynamicFineTuning state must be a dict, got {type(state).__name__}")
-    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"not a {STATE_FORMAT} state of version {STATE_VERSION}: got format "
-            f"{state.get('format')!r}, version {state.get('version')!r}"
-        )
-    missing = [key for key in _KEYS if key not in state]
-    unknown = sorted(set(state) - set(_KEYS))
-    if missing or unknown:
-        raise _fail(
-            missing[0] if missing else unknown[0], "is missing" if missing else "is unknown"
-        )
+    state = check_envelope(state, "DynamicFineTuning", _KEYS, STATE_VERSION, STATE_FORMAT)
     tuner, pending, validations = state["tuner"], state["pending_restore"], state["validations"]
     if not isinstance(tuner, Mapping):
         raise _fail("tuner", f"must be a dict, got {type(tuner).__name__}")

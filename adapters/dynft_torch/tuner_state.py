@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dynft_core.state_check import check_envelope
+
 from .freezing import backbone_batchnorms, batchnorm_buffer_names
 from .param_groups import RATE_KEYS, Placement, held_groups
 
@@ -139,19 +141,7 @@ def load_plan(tuner: DynamicFineTuner, state: object) -> LoadPlan:
     Raises:
         ValueError: The first problem found, naming the key.
     """
-    if not isinstance(state, Mapping):
-        raise ValueError(f"a tuner state must be a dict, got {type(state).__name__}")
-    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"not a {STATE_FORMAT} state of version {STATE_VERSION}: got format "
-            f"{state.get('format')!r}, version {state.get('version')!r}"
-        )
-    missing = [key for key in _KEYS if key not in state]
-    unknown = sorted(set(state) - set(_KEYS))
-    if missing or unknown:
-        raise _fail(
-            missing[0] if missing else unknown[0], "is missing" if missing else "is unknown"
-        )
+    state = check_envelope(state, "tuner", _KEYS, STATE_VERSION, STATE_FORMAT)
     scheduler = tuner.scheduler
     if scheduler.epoch or scheduler.stopped or tuner._placer.placements:
         raise ValueError(

@@ -107,6 +107,7 @@ def arm(point: str) -> None:
 
 
 def killed_fit(root, point: str, temp: str) -> None:
+    torch.set_num_threads(1)  # a forked child must not wait on the parent's OpenMP team
     tempfile.tempdir = temp
     arm(point)
     plugins = [AtomicCheckpointIO()] if point.startswith("atomic") else []
