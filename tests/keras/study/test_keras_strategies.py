@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from recording import record_instances
 
 from benchmarks.study.config import STRATEGIES, StudyConfig
 from benchmarks.study.data.batches import make_training_data
@@ -107,14 +108,7 @@ def test_the_unfrozen_layers_train_at_the_ratio_of_the_heads_rate(
 ):
     import dynft_keras
 
-    tuners = []
-
-    class RecordedTuner(dynft_keras.DynamicFineTuning):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            tuners.append(self)
-
-    monkeypatch.setattr(dynft_keras, "DynamicFineTuning", RecordedTuner)
+    tuners = record_instances(monkeypatch, dynft_keras, "DynamicFineTuning")
     # dynamic ignores the study's ratio: Algorithm 1 runs everything at one rate
     outcome, _ = _train(strategy, tmp_path, lr=PLATEAU_LR, ratio=0.1)
     (tuner,) = tuners

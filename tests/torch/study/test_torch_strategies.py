@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recording import record_instances
 from study_helpers import TINY_BACKBONE
 
 from benchmarks.study.config import STRATEGIES, StudyConfig
@@ -85,14 +86,7 @@ def test_the_unfrozen_layers_train_at_the_ratio_of_the_heads_rate(
 ):
     import dynft_torch
 
-    tuners = []
-
-    class RecordedTuner(dynft_torch.DynamicFineTuner):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            tuners.append(self)
-
-    monkeypatch.setattr(dynft_torch, "DynamicFineTuner", RecordedTuner)
+    tuners = record_instances(monkeypatch, dynft_torch, "DynamicFineTuner")
     # dynamic ignores the study's ratio: Algorithm 1 runs everything at one rate
     outcome, _ = _train(strategy, tmp_path, ratio=0.1, lr=PLATEAU_LR)
     (tuner,) = tuners
