@@ -23,16 +23,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.config import DEFAULT_STRATEGIES, STRATEGIES, StudyConfig, StudyConfigError
 from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
 from benchmarks.study.suite import SUITES
 from benchmarks.study.sweep import SWEEPABLE, parse_sweep
-
-FRAMEWORKS = ("torch", "keras")
-INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 FRAMEWORKS = ("torch", "keras")
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
@@ -109,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--framework", choices=FRAMEWORKS, help="deep-learning framework (quick: torch)")
     add("--data", help="phantom | PATH.npz | medmnist:NAME | DIR (default: phantom)")
     add("--backbones", help="comma-separated backbone names, or 'all'")
-    add("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)} (default: all)")
+    add(
+        "--strategies",
+        help=f"comma-separated subset of {','.join(STRATEGIES)} "
+        f"(default: {','.join(DEFAULT_STRATEGIES)})",
+    )
     add("--image-size", help="input side in pixels, or 'native' (quick: 64; paper: native)")
     add("--epochs", type=int, help="epoch budget n of every strategy (quick: 12; paper: 100)")
     add("--seeds", help="comma-separated seeds, one run each (quick: 0; paper: 0,1,2)")
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
     add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
+    add(
+        "--unfrozen-lr-ratio",
+        type=float,
+        help="rate of unfrozen backbone groups relative to the head's, for two_stage and "
+        "dynamic_tuned (default: 1.0; dynamic is Algorithm 1 and always runs at 1.0)",
+    )
     add("--top-n", help="traditional layers unfrozen, e.g. resnet50=10,vgg16=4")
     add("--phantom-images", type=int, help="phantom data set size (quick: 600)")
     add(
@@ -127,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BALANCE_MODES,
         help="class-imbalance handling: tempered (default: sqrt-frequency batches + Eq. 14 "
         "on the sampled shares), sampler, weights, both (the two compounded), none",
+    )
+    add(
+        "--drop-classes",
+        metavar="NAME,...",
+        help="leave the images of these classes out before the split (a class too small to "
+        "learn or measure, e.g. ARDS of the COVID set; reported)",
     )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
     add(
@@ -159,6 +172,8 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["weights"] = args.weights
     if args.balance is not None:
         changes["balance"] = args.balance
+    if args.drop_classes is not None:
+        changes["drop_classes"] = _csv_list("--drop-classes", args.drop_classes)
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
     if args.sweep is not None:
@@ -185,12 +200,36 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         if not 0 <= args.decay < 1:
             raise UsageError(f"--decay {args.decay}: must satisfy 0 <= decay < 1")
         changes["decay"] = args.decay
+    if args.unfrozen_lr_ratio is not None:
+        if not 0 < args.unfrozen_lr_ratio < float("inf"):
+            raise UsageError(
+                f"--unfrozen-lr-ratio {args.unfrozen_lr_ratio}: must be a finite number > 0"
+            )
+        changes["unfrozen_lr_ratio"] = args.unfrozen_lr_ratio
     cfg = replace(cfg, **changes)
+    check_tuned_ratio(cfg)
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UsageError(
             f"--weights {cfg.weights!r}: no such file; use imagenet, none or a weights file path"
         )
     return cfg
+
+
+def check_tuned_ratio(cfg: StudyConfig) -> None:
+    """Refuse ``dynamic_tuned`` at ratio 1 with no ratio sweep: it would be ``dynamic`` again.
+
+    Raises:
+        UsageError: ``dynamic_tuned`` is selected, the ratio is 1.0 and not swept.
+    """
+    if (
+        "dynamic_tuned" in cfg.strategies
+        and cfg.unfrozen_lr_ratio == 1.0
+        and "unfrozen_lr_ratio" not in cfg.sweep
+    ):
+        raise UsageError(
+            "--strategies dynamic_tuned at --unfrozen-lr-ratio 1.0 is dynamic itself; give "
+            "--unfrozen-lr-ratio R (R != 1) or --sweep unfrozen_lr_ratio=V1,V2,..."
+        )
 
 
 def framework_modules(framework: str) -> tuple[ModuleType, ModuleType]:

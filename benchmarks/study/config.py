@@ -12,8 +12,11 @@ class StudyConfigError(ValueError):
 
 
 # The fine-tuning strategies the study compares (see benchmarks.study.runners.strategies), in
-# report order: the three fixed-depth baselines around the paper's, the two staged ones last.
-STRATEGIES = ("linear_probe", "full", "traditional", "two_stage", "dynamic")
+# report order: the three fixed-depth baselines around the paper's, the staged ones last.
+STRATEGIES = ("linear_probe", "full", "traditional", "two_stage", "dynamic", "dynamic_tuned")
+# What a study runs unless told otherwise: dynamic_tuned only differs from dynamic at an
+# unfrozen-group rate ratio other than 1, which a sweep or --unfrozen-lr-ratio chooses.
+DEFAULT_STRATEGIES = STRATEGIES[:-1]
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class StudyConfig:
         data: Data source for ``benchmarks.study.data.sources.load_dataset``. Defaults to
             ``"phantom"``.
         backbones: Backbone names. Defaults to ``("efficientnet_lite0",)``.
-        strategies: Any subset of :data:`STRATEGIES`. Defaults to all five.
+        strategies: Any subset of :data:`STRATEGIES`. Defaults to
+            :data:`DEFAULT_STRATEGIES` (all but ``dynamic_tuned``).
         image_size: Square input size in pixels; ``None`` means each backbone's
             native size. Defaults to 64.
         epochs: Epoch budget ``n`` shared by every strategy. Defaults to 12.
@@ -39,12 +43,17 @@ class StudyConfig:
             patience of the fixed-depth ones. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
         decay: Learning-rate decay per unfreeze (dynamic). Defaults to 0.1.
+        unfrozen_lr_ratio: Rate of the unfrozen backbone groups relative to the head's
+            (``FineTuneConfig.unfrozen_lr_ratio``), for ``two_stage`` and ``dynamic_tuned``;
+            ``dynamic`` is Algorithm 1 and always runs at 1. Defaults to 1.0.
         top_n: Per-backbone overrides of the traditional top-n. Defaults to none.
         phantom_images: Number of phantom images (``data="phantom"`` only). Defaults to 600.
         phantom_size: Side of the generated phantom images. Defaults to 96.
         balance: Class-imbalance handling, one of
             ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
             sqrt-frequency sampler with Eq. 14 computed on the sampled shares, one correction.
+        drop_classes: Class names whose images are left out before the split (a class too
+            small to learn or to measure; reported). Defaults to none.
         sweep: Settings swept per strategy on the validation split before the runs, e.g.
             ``{"lr": (1e-4, 3e-4, 1e-3)}`` (see ``benchmarks.study.sweep``); empty (the
             default) runs every strategy with the values above.
@@ -56,7 +65,7 @@ class StudyConfig:
     framework: str = "torch"
     data: str = "phantom"
     backbones: tuple[str, ...] = ("efficientnet_lite0",)
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     image_size: int | None = 64
     epochs: int = 12
     seeds: tuple[int, ...] = (0,)
@@ -66,10 +75,12 @@ class StudyConfig:
     patience: int = 2
     step: int = 3
     decay: float = 0.1
+    unfrozen_lr_ratio: float = 1.0
     top_n: dict[str, int] = field(default_factory=dict)
     phantom_images: int = 600
     phantom_size: int = 96
     balance: str = DEFAULT_BALANCE
+    drop_classes: tuple[str, ...] = ()
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     threads: int | None = 1
 

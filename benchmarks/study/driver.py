@@ -97,10 +97,12 @@ class Study:
                 "patience": cfg.patience,
                 "step": cfg.step,
                 "decay": cfg.decay,
+                "unfrozen_lr_ratio": cfg.unfrozen_lr_ratio,
                 "top_n_overrides": dict(cfg.top_n),
                 "phantom_images": cfg.phantom_images if cfg.data == "phantom" else None,
                 "threads": cfg.threads,
                 "balance": cfg.balance,
+                "drop_classes": list(cfg.drop_classes),
             },
             "determinism": statement(self.framework_settings),
         }
@@ -159,6 +161,7 @@ def _run_all(study: Study, out_dir: Path, registry: ModuleType, runner: ModuleTy
     from tqdm.auto import tqdm
 
     from benchmarks.study.data.batches import make_training_data
+    from benchmarks.study.data.classes import without_classes
     from benchmarks.study.data.sources import load_dataset
     from benchmarks.study.data.splits import split_dataset
     from benchmarks.study.results.baselines import sanity_flags, trivial_baselines
@@ -170,6 +173,7 @@ def _run_all(study: Study, out_dir: Path, registry: ModuleType, runner: ModuleTy
     dataset = load_dataset(
         cfg.data, seed=0, phantom_images=cfg.phantom_images, phantom_size=cfg.phantom_size
     )
+    dataset, study.split_notes = without_classes(dataset, cfg.drop_classes)
     study.synthetic = dataset.synthetic
     study.framework_settings = runner.configure(cfg)
     names = list(dataset.class_names)

@@ -6,9 +6,9 @@ trained once per candidate setting on the first seed's split, and the candidate 
 strategy. Trials never see the test split: they are scored on validation only and save nothing.
 
 A candidate is a combination of values of the swept settings (:data:`SWEEPABLE`). The base
-learning rate applies to every strategy; a setting that only some strategies have (the
-unfrozen-group rate ratio of the staged ones, once the adapters offer it) is swept for those
-alone, so the others are not trained more often for nothing.
+learning rate applies to every strategy; the unfrozen-group rate ratio applies to the staged
+strategies that take it (``two_stage`` and ``dynamic_tuned``; ``dynamic`` stays Algorithm 1 at
+ratio 1) and is swept for those alone, so the others are not trained more often for nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.runners.strategies import RATIO_STRATEGIES
 
 # Swept setting -> the strategies it applies to. Each is a StudyConfig field the runners use.
-SWEEPABLE: dict[str, tuple[str, ...]] = {"lr": STRATEGIES}
+SWEEPABLE: dict[str, tuple[str, ...]] = {
+    "lr": STRATEGIES,
+    "unfrozen_lr_ratio": RATIO_STRATEGIES,
+}
 
 
 def parse_sweep(items: list[str]) -> dict[str, tuple[float, ...]]:

@@ -178,22 +178,34 @@ def test_sequential_slices_parameter_lists_names_and_patterns():
     assert len(tuner.batchnorm.layers) == 4
 
 
-@pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v3_small", "densenet121"])
-def test_layers_mode_is_the_study_unit(builder):
-    from benchmarks.study.models.torch_backbones import layer_groups
-
+@pytest.mark.parametrize(
+    ("builder", "count"), [("resnet18", 20), ("mobilenet_v2", 52), ("densenet121", 120)]
+)
+def test_layers_mode_is_one_group_per_weight_layer_with_the_batchnorms_after_it(builder, count):
     model = getattr(torchvision.models, builder)(weights=None)
-    backbone = model.features if hasattr(model, "features") else model
-    names = {id(p): n for n, p in model.named_parameters()}
-    study = [
-        {names[id(p)] for layer in group for p in layer.parameters(recurse=False)}
-        for group in layer_groups(backbone)
+    backbone = model.features if hasattr(model, "features") else None
+    groups = resolve_groups(model, backbone, "layers")
+    # the paper's Table 3 unit: ResNet-18 has 20 convolutions (fc is the head), MobileNetV2's
+    # features 52, DenseNet-121's 120
+    assert len(groups) == count
+    modules = dict(model.named_modules())
+    root = "features" if backbone is not None else ""
+    owners = [
+        name
+        for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+        and name.startswith(root)
+        and not name.startswith(("fc", "classifier"))
     ]
-    if backbone is model:  # the study's backbone has no head; the adapter leaves fc out
-        study = [g for g in study if not any(n.startswith("fc.") for n in g)]
-    ours = resolve_groups(model, backbone if backbone is not model else None, "layers")
-    assert [set(g.parameter_names) for g in ours] == study
-    assert_partition(model, ours, ("classifier", "fc"))
+    # registration order kept, every module owning weights in exactly one group
+    assert [name for group in groups for name in group.module_names] == owners
+    for group in groups:
+        first, *rest = (modules[name] for name in group.module_names)
+        assert isinstance(first, nn.Conv2d) and all(isinstance(m, nn.BatchNorm2d) for m in rest)
+    if builder == "resnet18":  # a downsample's BatchNorm rides with its own convolution
+        (downsample,) = [g for g in groups if g.module_names[0] == "layer2.0.downsample.0"]
+        assert downsample.module_names == ("layer2.0.downsample.0", "layer2.0.downsample.1")
+    assert_partition(model, groups, ("classifier", "fc"))
 
 
 def test_group_table_lists_every_group_with_its_size_and_state():

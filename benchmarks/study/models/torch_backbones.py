@@ -76,38 +76,6 @@ available_backbones = _REGISTRY.names
 get_backbone = _REGISTRY.get
 
 
-def layer_groups(module: nn.Module) -> list[list[nn.Module]]:
-    """The backbone's "layers", input to output: one per module owning weights, BN excluded.
-
-    This is the study's PyTorch layer, the unit of the traditional top-n and of
-    the dynamic groups. Each BatchNorm rides along with the layer registered
-    before it (one before any layer joins the first group), so the groups cover
-    every backbone parameter; BatchNorm stays frozen in both strategies anyway.
-    """
-    groups: list[list[nn.Module]] = []
-    leading_norms: list[nn.Module] = []
-    for child in module.modules():
-        if not any(True for _ in child.parameters(recurse=False)):
-            continue
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            (groups[-1] if groups else leading_norms).append(child)
-        else:
-            groups.append([child])
-    if groups:
-        groups[0][:0] = leading_norms
-    return groups
-
-
-def trainable_parameters(group: list[nn.Module]) -> list[nn.Parameter]:
-    """Parameters of a layer group that training may change (BatchNorm's stay frozen)."""
-    return [
-        parameter
-        for layer in group
-        if not isinstance(layer, nn.modules.batchnorm._BatchNorm)
-        for parameter in layer.parameters(recurse=False)
-    ]
-
-
 class TorchClassifier(nn.Module):
     """Backbone + zero-initialised linear head; the backbone always runs in inference mode.
 

@@ -21,7 +21,7 @@ from benchmarks.study.config import STRATEGIES
 
 STRATEGY_COLOURS = {
     "linear_probe": "tab:gray", "two_stage": "tab:green", "full": "tab:purple",
-    "traditional": "tab:blue", "dynamic": "tab:orange",
+    "traditional": "tab:blue", "dynamic": "tab:orange", "dynamic_tuned": "tab:red",
 }  # fmt: skip
 EVENT_LABEL_STYLE: dict[str, Any] = {
     "xycoords": ("data", "axes fraction"), "xytext": (-2, -4), "textcoords": "offset points",

@@ -208,6 +208,13 @@ def _support(run: dict[str, Any]) -> str:
     return ", ".join(f"{name} {scores['support']}" for name, scores in per_class.items())
 
 
+def _rates(run: dict[str, Any]) -> str:
+    """`` (lr 0.001, unfrozen × 0.1)``: the rates a run trained with (the ratio when it has one)."""
+    ratio = run.get("unfrozen_lr_ratio")
+    unfrozen = f", unfrozen × {ratio:g}" if ratio is not None else ""
+    return f" (lr {run['lr']:g}{unfrozen})" if "lr" in run else ""
+
+
 def _run_row(run: dict[str, Any], names: list[str]) -> list[Any]:
     per_class = run.get("per_class") or {}
     recalls = [percent(per_class.get(name, {}).get("recall")) for name in names]
@@ -216,7 +223,7 @@ def _run_row(run: dict[str, Any], names: list[str]) -> list[Any]:
     best = run.get("best_epoch")
     epochs = f"{run['epochs']} ({best})" if best is not None else str(run["epochs"])
     return [
-        f"{run['backbone']} {run['strategy']}",
+        f"{run['backbone']} {run['strategy']}{_rates(run)}",
         *(percent(run.get(metric)) for metric in BASELINE_METRICS),
         *recalls,
         epochs,

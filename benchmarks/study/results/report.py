@@ -14,8 +14,9 @@ from benchmarks.study.results.stats import compare_strategies, summarize_seeds
 
 RESULT_COLUMNS = [
     "framework", "backbone", "strategy", "seed", "weights", "data", "synthetic", "image_size",
-    "lr", "accuracy", "balanced_accuracy", "macro_f1", "epochs", "best_epoch", "wall_s",
-    "size_mb", "load_s", "top_n", "num_groups", "num_unfreeze_events", "sanity",
+    "lr", "unfrozen_lr_ratio", "accuracy", "balanced_accuracy", "macro_f1", "epochs",
+    "best_epoch", "wall_s", "size_mb", "load_s", "top_n", "num_groups", "num_unfreeze_events",
+    "sanity",
 ]  # fmt: skip
 REQUIRED_RUN_KEYS = (
     "framework", "backbone", "strategy", "seed", "weights", "accuracy", "balanced_accuracy",

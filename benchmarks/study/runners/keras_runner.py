@@ -32,7 +32,12 @@ from benchmarks.study.runners.records import (
     unfreeze_events,
     validation_summary,
 )
-from benchmarks.study.runners.strategies import FIXED_DEPTH, fixed_depth, staged_plan
+from benchmarks.study.runners.strategies import (
+    FIXED_DEPTH,
+    fixed_depth,
+    staged_plan,
+    unfrozen_lr_ratio,
+)
 
 FRAMEWORK = "keras"
 
@@ -190,6 +195,7 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
         framework=FRAMEWORK,
         weights=weights_used,
         lr=cfg.lr,
+        lr_ratio=unfrozen_lr_ratio(ctx.strategy, cfg),
         outcome=outcome,
         test=test,
         val=validation_scores(model, ctx, data),

@@ -54,7 +54,7 @@ class RunContext:
 
     Args:
         backbone: Backbone name.
-        strategy: ``"traditional"`` or ``"dynamic"``.
+        strategy: One of ``benchmarks.study.config.STRATEGIES``.
         seed: Seed of the run (split, sampling, augmentation, head init).
         data_name: Name of the data source, as given to ``--data``.
         synthetic: Whether the data are synthetic.
@@ -109,6 +109,7 @@ def run_record(
     framework: str,
     weights: str,
     lr: float,
+    lr_ratio: float | None,
     outcome: Outcome,
     test: dict[str, Any],
     val: dict[str, Any],
@@ -123,6 +124,8 @@ def run_record(
         framework: ``"torch"`` or ``"keras"``.
         weights: What the backbone was initialised with.
         lr: The base learning rate the run trained with.
+        lr_ratio: The unfrozen groups' rate relative to the head's (``None`` for a strategy
+            that unfreezes nothing).
         outcome: What training produced.
         test: ``classification_metrics`` of the final model on the test split.
         val: ``{"loss", "balanced_accuracy"}`` of the final model on the validation split
@@ -141,6 +144,7 @@ def run_record(
         "synthetic": ctx.synthetic,
         "image_size": ctx.image_size,
         "lr": lr,
+        "unfrozen_lr_ratio": lr_ratio,
         "accuracy": test["accuracy"],
         "balanced_accuracy": test["balanced_accuracy"],
         "macro_f1": test["macro_f1"],

@@ -1,4 +1,4 @@
-"""The five fine-tuning strategies, framework-free: what trains when, and when a run stops.
+"""The six fine-tuning strategies, framework-free: what trains when, and when a run stops.
 
 Every strategy trains with the same optimizer, learning rate, batches and epoch budget ``n``;
 they differ only in which backbone layers are trainable and how the validation loss steers them:
@@ -9,14 +9,18 @@ they differ only in which backbone layers are trainable and how the validation l
 * ``two_stage``: the Keras transfer-learning guide / fastai recipe: the head until the validation
   loss plateaus, then the whole backbone unfrozen at a tenth of the rate with the best weights
   restored, until it plateaus again;
-* ``dynamic``: Algorithm 1, ``k`` more layers unfrozen at each plateau.
+* ``dynamic``: Algorithm 1, ``k`` more layers unfrozen at each plateau, at the head's rate;
+* ``dynamic_tuned``: the same, with the unfrozen layers at ``unfrozen_lr_ratio`` times the
+  head's rate (the ratio chosen by ``--sweep unfrozen_lr_ratio=...`` or given by
+  ``--unfrozen-lr-ratio``), to tell the method from its rate.
 
 The three fixed-depth strategies stop after ``patience`` epochs without a lower validation loss
 and end on the best weights; :class:`FixedDepthStop` takes that decision with
 ``dynft_core.PlateauMonitor``, the best-value tracking inside ``UnfreezeScheduler``. The two
-staged strategies are both run by the dynft adapters, whose scheduler takes every decision:
+staged strategies are all run by the dynft adapters, whose scheduler takes every decision:
 ``two_stage`` is Algorithm 1 with a single group (the whole backbone), ``step = 1`` and a decay
-of 0.9, i.e. one unfreeze at ``lr / 10`` and a stop at the next plateau.
+of 0.9, i.e. one unfreeze at ``lr / 10`` (times ``unfrozen_lr_ratio`` for the backbone) and a
+stop at the next plateau.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from benchmarks.study.config import StudyConfig
 from dynft_core import PlateauMonitor
 
 FIXED_DEPTH = ("linear_probe", "full", "traditional")
-STAGED = ("two_stage", "dynamic")
+STAGED = ("two_stage", "dynamic", "dynamic_tuned")
+# The staged strategies whose unfrozen groups take StudyConfig.unfrozen_lr_ratio (dynamic is
+# Algorithm 1 as the paper defines it: one rate for everything).
+RATIO_STRATEGIES = ("two_stage", "dynamic_tuned")
 # two_stage unfreezes the whole backbone at a tenth of the rate (the Keras guide, fastai)
 TWO_STAGE_DECAY = 0.9
 
@@ -56,7 +63,8 @@ class StagedPlan:
     Args:
         merge_groups: Unfreeze the whole backbone as one group (``two_stage``) instead of
             layer by layer (``dynamic``).
-        options: ``patience``, ``step``, ``decay`` and ``max_epochs`` for the adapter.
+        options: ``patience``, ``step``, ``decay``, ``max_epochs`` and ``unfrozen_lr_ratio``
+            for the adapter.
     """
 
     merge_groups: bool
@@ -69,15 +77,25 @@ class StagedPlan:
         return layers
 
 
+def unfrozen_lr_ratio(strategy: str, cfg: StudyConfig) -> float | None:
+    """The unfrozen-group rate ratio ``strategy`` runs with (``None``: it unfreezes nothing)."""
+    if strategy in RATIO_STRATEGIES:
+        return cfg.unfrozen_lr_ratio
+    return 1.0 if strategy in STAGED else None
+
+
 def staged_plan(strategy: str, cfg: StudyConfig) -> StagedPlan:
-    """The adapter settings of ``two_stage`` or ``dynamic`` under ``cfg``."""
-    if strategy == "dynamic":
-        options = {"patience": cfg.patience, "step": cfg.step, "decay": cfg.decay}
-        return StagedPlan(False, {**options, "max_epochs": cfg.epochs})
+    """The adapter settings of a strategy of :data:`STAGED` under ``cfg``."""
+    ratio = unfrozen_lr_ratio(strategy, cfg)
     if strategy == "two_stage":
         options = {"patience": cfg.patience, "step": 1, "decay": TWO_STAGE_DECAY}
-        return StagedPlan(True, {**options, "max_epochs": cfg.epochs})
-    raise ValueError(f"{strategy!r} is not a staged strategy; those are {STAGED}")
+        merge = True
+    elif strategy in STAGED:
+        options = {"patience": cfg.patience, "step": cfg.step, "decay": cfg.decay}
+        merge = False
+    else:
+        raise ValueError(f"{strategy!r} is not a staged strategy; those are {STAGED}")
+    return StagedPlan(merge, {**options, "max_epochs": cfg.epochs, "unfrozen_lr_ratio": ratio})
 
 
 class FixedDepthStop:

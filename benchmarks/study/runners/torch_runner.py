@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dynft_torch import BackboneGroup, backbone_batchnorms, resolve_groups
+from dynft_torch.freezing import batchnorm_parameter_names
 from tqdm.auto import tqdm
 
-from benchmarks.study.config import StudyConfig
+from benchmarks.study.config import StudyConfig, StudyConfigError
 from benchmarks.study.data.batches import SplitArrays, TrainingData
 from benchmarks.study.determinism import seed_everything
 from benchmarks.study.models.torch_backbones import (
@@ -27,8 +29,6 @@ from benchmarks.study.models.torch_backbones import (
     TorchClassifier,
     build_classifier,
     get_backbone,
-    layer_groups,
-    trainable_parameters,
 )
 from benchmarks.study.results.metrics import classification_metrics
 from benchmarks.study.runners.records import (
@@ -45,11 +45,12 @@ from benchmarks.study.runners.strategies import (
     FixedDepthStop,
     fixed_depth,
     staged_plan,
+    unfrozen_lr_ratio,
 )
 
 FRAMEWORK = "torch"
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
-Layers = list[list[torch.nn.Module]]
+Layers = list[BackboneGroup]
 
 
 def configure(cfg: StudyConfig) -> dict[str, Any]:
@@ -129,13 +130,40 @@ def evaluate(
     return total / len(split.labels), np.concatenate(predictions)
 
 
+def backbone_layers(model: TorchClassifier) -> Layers:
+    """The backbone's "layers", input to output: the adapter's ``groups="layers"``.
+
+    One group per module owning weights, BatchNorm excluded (each rides with the layer before
+    it): the unit of the traditional top-n (the paper's Table 3 counting) and of the dynamic
+    groups.
+
+    Raises:
+        StudyConfigError: Some backbone parameters are in no layer (a backbone child named like
+            a head, which the adapter leaves out), so no strategy could ever train them.
+    """
+    layers = resolve_groups(model, model.backbone, "layers")
+    grouped = {name for layer in layers for name in layer.parameter_names}
+    missing = [name for name, _ in model.named_parameters() if name.startswith("backbone.")]
+    missing = [name for name in missing if name not in grouped]
+    if missing:
+        raise StudyConfigError(
+            f"{len(missing)} backbone parameters are in no layer (first: {missing[:3]}): the "
+            "study's backbone must return features only; rename a child called like a head "
+            "(fc, classifier, head, _fc ...) or move the head out of the feature extractor"
+        )
+    return layers
+
+
 def _train_top(model: TorchClassifier, layers: Layers, depth: int) -> list[torch.nn.Parameter]:
     """Freeze the backbone but its top ``depth`` layers; the parameters that now train."""
+    parameters = dict(model.named_parameters())
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(False)
-    for group in layers[len(layers) - depth :]:
-        for parameter in trainable_parameters(group):
-            parameter.requires_grad_(True)
+    top = layers[len(layers) - depth :]
+    frozen_norms = batchnorm_parameter_names(backbone_batchnorms(model, top))
+    for layer in top:
+        for name in layer.parameter_names:
+            parameters[name].requires_grad_(name not in frozen_norms)
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
@@ -181,7 +209,7 @@ def _train_staged(
 
     dev = next(model.parameters()).device
     plan = staged_plan(strategy, cfg)
-    groups = plan.groups(layers)
+    groups = plan.groups([list(layer.parameter_names) for layer in layers])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     tuner = DynamicFineTuner(
         model, optimizer, backbone=model.backbone, groups=groups, **plan.options
@@ -219,7 +247,7 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
         ctx.backbone, cfg.weights, len(ctx.class_names), ctx.image_size
     )
     model.to(device())
-    layers = layer_groups(model.backbone)
+    layers = backbone_layers(model)
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         if ctx.strategy in FIXED_DEPTH:
             top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(layers), "weight layers of")
@@ -262,6 +290,7 @@ def run(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> dict[str, Any]
         framework=FRAMEWORK,
         weights=weights_used,
         lr=cfg.lr,
+        lr_ratio=unfrozen_lr_ratio(ctx.strategy, cfg),
         outcome=outcome,
         test=test,
         val=validation_scores(model, ctx, data),

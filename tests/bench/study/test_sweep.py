@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks.study.config import StudyConfigError
+from benchmarks.study.config import STRATEGIES, StudyConfigError
 from benchmarks.study.sweep import SWEEPABLE, candidates, choose, parse_sweep
 
 
@@ -18,7 +18,7 @@ def test_parse_sweep_reads_each_setting_once():
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        (["momentum=0.9"], "'momentum' cannot be swept; sweepable: ['lr']"),
+        (["momentum=0.9"], "'momentum' cannot be swept; sweepable: ['lr', 'unfrozen_lr_ratio']"),
         (["lr=1e-3", "lr=1e-4"], "--sweep lr is given twice"),
         (["lr=1e-3,fast"], "'fast' is not a number > 0"),
         (["lr=0"], "'0' is not a number > 0"),
@@ -40,6 +40,20 @@ def test_candidates_cover_the_grid_of_the_settings_a_strategy_has(monkeypatch):
     grid = {"lr": (1e-4, 1e-3), "ratio": (0.1, 1.0)}
     assert len(candidates(grid, "dynamic")) == 4 and len(candidates(grid, "full")) == 2
     assert {"lr": 1e-3, "ratio": 0.1} in candidates(grid, "dynamic")
+
+
+def test_the_unfrozen_lr_ratio_is_swept_for_the_strategies_that_take_it():
+    grid = parse_sweep(["lr=1e-4,1e-3", "unfrozen_lr_ratio=0.1,1"])
+    sizes = {strategy: len(candidates(grid, strategy)) for strategy in STRATEGIES}
+    assert sizes == {
+        "linear_probe": 2,
+        "full": 2,
+        "traditional": 2,
+        "two_stage": 4,
+        "dynamic": 2,  # Algorithm 1 keeps its ratio of 1
+        "dynamic_tuned": 4,
+    }
+    assert {"lr": 1e-4, "unfrozen_lr_ratio": 0.1} in candidates(grid, "dynamic_tuned")
 
 
 def test_choose_takes_the_lowest_validation_loss_and_never_a_diverged_one():

@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from recording import record_instances
 
 from benchmarks.study.config import STRATEGIES, StudyConfig
 from benchmarks.study.data.batches import make_training_data
@@ -50,12 +51,16 @@ def _weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
     }
 
 
-def _train(strategy: str, tmp_path: Path, final_weights: bool = False, lr: float = LR):
+def _train(
+    strategy: str, tmp_path: Path, final_weights: bool = False, lr: float = LR, ratio: float = 1.0
+):
     dataset = make_phantom(84, 32, seed=0)
     data = make_training_data(
         dataset.images, dataset.labels, split_dataset(dataset, 0), 32, 7, 16, seed=0
     )
-    cfg = StudyConfig(framework="keras", weights="none", epochs=4, patience=1, lr=lr)
+    cfg = StudyConfig(
+        framework="keras", weights="none", epochs=4, patience=1, lr=lr, unfrozen_lr_ratio=ratio
+    )
     ctx = RunContext(TINY, strategy, 0, "phantom", True, list(CLASS_NAMES), 32, tmp_path)
     keras.utils.set_random_seed(0)  # the runner seeds the same way before building
     initial = _weights(keras_runner.build_model(ctx, "none")[0])
@@ -82,6 +87,7 @@ def test_each_strategy_changes_exactly_its_layers(strategy, tiny, tmp_path):
         "full": (True, True),
         "two_stage": (staged, staged),
         "dynamic": (staged, staged),  # step 3 > the 2 convolutions: both at once
+        "dynamic_tuned": (staged, staged),  # at the study's default ratio of 1
     }[strategy]
     assert (changed["conv_a"], changed["conv_b"]) == expected
 
@@ -94,6 +100,23 @@ def test_two_stage_unfreezes_the_whole_base_at_a_tenth_of_the_rate(tiny, tmp_pat
     assert event["groups"] == [0] and event["lr"] == pytest.approx(PLATEAU_LR * 0.1)
     after = [entry for entry in outcome.timeline if entry["epoch"] > event["epoch"]]
     assert all(entry["lr"] == pytest.approx(PLATEAU_LR * 0.1) for entry in after)
+
+
+@pytest.mark.parametrize(("strategy", "ratio"), [("dynamic_tuned", 0.1), ("dynamic", 1.0)])
+def test_the_unfrozen_layers_train_at_the_ratio_of_the_heads_rate(
+    strategy, ratio, tiny, tmp_path, monkeypatch
+):
+    import dynft_keras
+
+    tuners = record_instances(monkeypatch, dynft_keras, "DynamicFineTuning")
+    # dynamic ignores the study's ratio: Algorithm 1 runs everything at one rate
+    outcome, _ = _train(strategy, tmp_path, lr=PLATEAU_LR, ratio=0.1)
+    (tuner,) = tuners
+    assert tuner.config.unfrozen_lr_ratio == ratio
+    assert outcome.unfreeze_events, "patience 1 over 4 epochs unfreezes at the first miss"
+    rates = tuner.model.optimizer.learning_rates()
+    assert rates["head"] == pytest.approx(outcome.unfreeze_events[-1]["lr"])
+    assert rates["unfreeze 1"] == pytest.approx(ratio * rates["head"])
 
 
 def test_a_run_repeated_with_its_seed_is_identical(tiny, tmp_path):

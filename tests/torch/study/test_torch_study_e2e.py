@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from study_helpers import TINY_BACKBONE, TINY_STUDY, read_rows, run_tiny_study
 
-from benchmarks.study.config import STRATEGIES
+from benchmarks.study.config import DEFAULT_STRATEGIES
 from benchmarks.study.results.repeatability import differences
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -37,7 +37,7 @@ def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> N
     assert f"Report: {out / 'report.md'}" in result.stdout
 
     rows = read_rows(out)
-    assert [row["strategy"] for row in rows] == list(STRATEGIES)
+    assert [row["strategy"] for row in rows] == list(DEFAULT_STRATEGIES)
     for row in rows:
         assert row["framework"] == "torch" and row["backbone"] == "efficientnet_lite0"
         assert row["weights"] == "imagenet"  # the package's real ImageNet file
@@ -66,6 +66,7 @@ def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> N
         assert len(run["confusion_normalized"]) == len(run["class_names"]) == 7
         assert run["baselines"]["majority"]["answers"] == "always 'Pneumonia'"
         assert run["lr"] == meta["config"]["lr"]
+        assert run["unfrozen_lr_ratio"] == (None if run["num_groups"] is None else 1.0)
     # patience 1: every epoch without improvement unfreezes 3 more groups at lr x0.9
     dynamic = runs["dynamic"]
     for event in dynamic["unfreeze_events"]:
@@ -76,7 +77,7 @@ def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> N
 
     report = (out / "report.md").read_text()
     assert re.search(r"synthetic", report, re.IGNORECASE)
-    for strategy in STRATEGIES:
+    for strategy in DEFAULT_STRATEGIES:
         assert f"| efficientnet_lite0 | {strategy} | 1 |" in report  # per-strategy summary
     assert "| *majority class* (always 'Pneumonia') |" in report
     figures = re.findall(r"\((figures/[^)]+\.png)\)", report)

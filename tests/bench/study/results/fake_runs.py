@@ -38,6 +38,7 @@ def fake_run(backbone: str, strategy: str, seed: int, rng, hit_rate: float = 0.7
         "synthetic": True,
         "image_size": 32,
         "lr": 1e-3,
+        "unfrozen_lr_ratio": 1.0 if dynamic else None,
         **classification_metrics(truth, predicted, CLASS_NAMES),
         "class_names": CLASS_NAMES,
         "epochs": 6,

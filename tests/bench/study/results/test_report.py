@@ -46,6 +46,7 @@ def test_results_csv_has_one_row_per_run_and_fractions(study):
     assert all(0.0 <= float(row["balanced_accuracy"]) <= 1.0 for row in rows)
     assert [row["num_unfreeze_events"] for row in rows] == ["0", "1", "0", "1"]
     assert rows[0]["num_groups"] == "" and rows[1]["top_n"] == ""
+    assert [row["unfrozen_lr_ratio"] for row in rows] == ["", "1.0", "", "1.0"]
     assert rows[0]["sanity"] == "" and "at or below chance" in rows[2]["sanity"]
 
 
@@ -74,6 +75,9 @@ def test_markdown_puts_the_baselines_beside_the_runs_and_warns(study):
     assert "torch resnet50 traditional seed 0" in warning and "mobilenet_v2" not in warning
     per_run = text.split("## Per run")[1].split("## Paired tests")[0]
     assert "Recall Atelectasis (%)" in per_run
+    # each run with the rates it trained with, the unfrozen groups' ratio where it has one
+    assert "| mobilenet_v2 traditional (lr 0.001) |" in per_run
+    assert "| mobilenet_v2 dynamic (lr 0.001, unfrozen × 1) |" in per_run
     majority = runs[0]["baselines"]["majority"]
     assert (
         f"| *majority class* (always 'Pneumonia') | {100 * majority['accuracy']:.1f} |" in per_run
