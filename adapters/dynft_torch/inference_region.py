@@ -73,8 +73,18 @@ class InferenceRegion:
                 self.modules = region.inference_modules
         named = dict(self.model.named_modules())
         for name in released - self.modules:
-            named[name].training = self.model.training
+            named[name].training = named[self._free_ancestor(name)].training
         self._for = num_frozen
+
+    def _free_ancestor(self, name: str) -> str:
+        # A released module takes the mode of its nearest enclosing module outside the region:
+        # that is the mode model.train()/eval() gave its subtree (a backbone a model keeps in
+        # eval mode stays there), which the hooks had overridden.
+        while name:
+            name = name.rpartition(".")[0]
+            if name not in self.modules:
+                return name
+        return ""
 
     def remove(self) -> None:
         """Stop holding the region in eval mode (the modules keep their current mode)."""

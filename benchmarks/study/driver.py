@@ -101,6 +101,8 @@ class Study:
                 "phantom_images": cfg.phantom_images if cfg.data == "phantom" else None,
                 "threads": cfg.threads,
                 "balance": cfg.balance,
+                "feature_cache": cfg.feature_cache,
+                "feature_cache_max_gb": cfg.feature_cache_max_gb,
             },
             "determinism": statement(self.framework_settings),
         }

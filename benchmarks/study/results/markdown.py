@@ -349,6 +349,8 @@ def render(
     out_dir: Path,
 ) -> str:
     """The whole report.md."""
+    from benchmarks.study.results.cache_section import feature_cache_section
+
     synthetic = bool(meta.get("synthetic")) or any(run.get("synthetic") for run in runs)
     banner = [SYNTHETIC_BANNER, ""] if synthetic else []
     strategies = ", ".join(dict.fromkeys(run["strategy"] for run in runs))
@@ -360,6 +362,7 @@ def render(
     lines += per_run_section(runs)
     lines += paired_section(statistics)
     lines += cost_section(runs)
+    lines += feature_cache_section(runs)
     lines += best_run_section(runs)
     lines += determinism_section(meta)
     lines += figures_section(figures, out_dir)

@@ -10,12 +10,14 @@ from benchmarks.study.results.baselines import describe
 from benchmarks.study.results.figures import draw_figures
 from benchmarks.study.results.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from benchmarks.study.results.markdown import render
+from benchmarks.study.runners.feature_cache_runs import RECORD_FIELDS
 from benchmarks.study.results.stats import compare_strategies, summarize_seeds
 
 RESULT_COLUMNS = [
     "framework", "backbone", "strategy", "seed", "weights", "data", "synthetic", "image_size",
     "lr", "accuracy", "balanced_accuracy", "macro_f1", "epochs", "best_epoch", "wall_s",
     "size_mb", "load_s", "top_n", "num_groups", "num_unfreeze_events", "sanity",
+    *RECORD_FIELDS,
 ]  # fmt: skip
 REQUIRED_RUN_KEYS = (
     "framework", "backbone", "strategy", "seed", "weights", "accuracy", "balanced_accuracy",

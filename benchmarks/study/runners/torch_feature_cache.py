@@ -27,7 +27,13 @@ ToInput = Callable[[np.ndarray], torch.Tensor]
 
 
 class _Batches:
-    """Re-iterable ``(model input, sample positions)`` batches of chosen samples, in order."""
+    """Re-iterable ``(model input, sample positions)`` batches of chosen samples, in order.
+
+    With ``pad`` a short last batch is filled up to ``batch_size`` with copies of its first
+    sample, at position -1: CPU kernels may pick their algorithm by batch size, so features
+    computed in a batch of the training batch size equal those of a plain training batch bit
+    for bit, whatever the other samples are.
+    """
 
     def __init__(
         self,
@@ -35,9 +41,10 @@ class _Batches:
         positions: np.ndarray,
         batch_size: int,
         to_input: ToInput,
+        pad: bool = False,
     ) -> None:
         self.images_of, self.positions = images_of, positions
-        self.batch_size, self.to_input = batch_size, to_input
+        self.batch_size, self.to_input, self.pad = batch_size, to_input, pad
 
     def __len__(self) -> int:
         return -(-len(self.positions) // self.batch_size)
@@ -45,7 +52,10 @@ class _Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.positions), self.batch_size):
             chosen = self.positions[start : start + self.batch_size]
-            yield self.to_input(self.images_of(chosen)), torch.from_numpy(chosen)
+            missing = self.batch_size - len(chosen) if self.pad else 0
+            images = self.images_of(np.concatenate([chosen, chosen[:1].repeat(missing)]))
+            marked = np.concatenate([chosen, np.full(missing, -1, dtype=chosen.dtype)])
+            yield self.to_input(images), torch.from_numpy(marked)
 
 
 @dataclass
@@ -97,7 +107,7 @@ class TorchStudyCache:
         if len(served):
             self.training = FeatureCache(
                 tuner,
-                _Batches(data.plain_train_images, served, data.batch_size, to_input),
+                _Batches(data.plain_train_images, served, data.batch_size, to_input, pad=True),
                 max_bytes=limits["training"],
             )
         self._served = len(served)
@@ -126,9 +136,11 @@ class TorchStudyCache:
                 return None
             if rows is None:
                 rows = features.new_empty((self._served, *features.shape[1:]))
-            rows[filled : filled + len(features)] = features
-            row_of[positions.numpy()] = np.arange(filled, filled + len(features))
-            filled += len(features)
+            real = positions.numpy() >= 0
+            count = int(real.sum())
+            rows[filled : filled + count] = features[torch.from_numpy(real)]
+            row_of[positions.numpy()[real]] = np.arange(filled, filled + count)
+            filled += count
         assert rows is not None
         return _Table(rows, row_of)
 
@@ -136,9 +148,14 @@ class TorchStudyCache:
         self, model: torch.nn.Module, indices: np.ndarray, labels: np.ndarray, images: np.ndarray
     ) -> torch.Tensor:
         """The logits of one training batch: served rows from the table, augmented rows
-        through the frozen part, then the trainable rest once for the whole batch."""
+        through the frozen part, then the trainable rest once for the whole batch.
+
+        A short batch (the epoch's last) runs in full: its plain features come from kernels
+        chosen for its own size. Augmented rows are computed in a batch of their own count,
+        which may round differently from the plain batch (see docs/study.md).
+        """
         table, cache = self._table, self.training
-        if table is None or cache is None:
+        if table is None or cache is None or len(indices) != self.data.batch_size:
             return model(self.to_input(images))
         augmented = self.data.augmented(labels)
         rows = table.rows.new_empty((len(indices), *table.rows.shape[1:]))
