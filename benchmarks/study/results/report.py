@@ -10,8 +10,8 @@ from benchmarks.study.results.baselines import describe
 from benchmarks.study.results.figures import draw_figures
 from benchmarks.study.results.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from benchmarks.study.results.markdown import render
-from benchmarks.study.runners.feature_cache_runs import RECORD_FIELDS
 from benchmarks.study.results.stats import compare_strategies, summarize_seeds
+from benchmarks.study.runners.feature_cache_runs import RECORD_FIELDS
 
 RESULT_COLUMNS = [
     "framework", "backbone", "strategy", "seed", "weights", "data", "synthetic", "image_size",

@@ -60,7 +60,5 @@ class CacheFigures:
             "cache_hit_rate": hits / passes if passes else 0.0,
             "cache_size_mb": self.peak_bytes / 1e6,
             "cache_saved_s": sum(stats.seconds_saved for stats in self.caches.values()),
-            "feature_cache_detail": {
-                name: stats.as_dict() for name, stats in self.caches.items()
-            },
+            "feature_cache_detail": {name: stats.as_dict() for name, stats in self.caches.items()},
         }

@@ -70,7 +70,9 @@ def fixed_depth_tuner(model: torch.nn.Module, backbone: torch.nn.Module, layers:
     from dynft_torch import resolve_groups
 
     groups = resolve_groups(model, backbone, layers)
-    return SimpleNamespace(model=model, groups=groups, scheduler=SimpleNamespace(num_unfrozen=depth))
+    return SimpleNamespace(
+        model=model, groups=groups, scheduler=SimpleNamespace(num_unfrozen=depth)
+    )
 
 
 class TorchStudyCache:
@@ -91,7 +93,9 @@ class TorchStudyCache:
         self.data, self.to_input = data, to_input
         served = np.flatnonzero(~data.augmented(data.train.labels))
         # the training features are gathered into a table every epoch: a second copy
-        limits = split_limits(max_gb, {"validation": len(data.val.labels), "training": 2 * len(served)})
+        limits = split_limits(
+            max_gb, {"validation": len(data.val.labels), "training": 2 * len(served)}
+        )
         val = data.val
 
         def val_images(positions: np.ndarray) -> np.ndarray:

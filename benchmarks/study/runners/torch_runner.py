@@ -181,7 +181,9 @@ def _train_fixed(
     best_state: dict[str, torch.Tensor] | None = None
     timeline: list[dict[str, Any]] = []
     stop = False
-    cache = _open_cache(cfg, fixed_depth_tuner(model, model.backbone, layers, depth), data, spec, dev)
+    cache = _open_cache(
+        cfg, fixed_depth_tuner(model, model.backbone, layers, depth), data, spec, dev
+    )
     while not stop:
         train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev, cache)
         val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev, cache)

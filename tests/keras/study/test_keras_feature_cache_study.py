@@ -87,7 +87,8 @@ def test_a_run_is_identical_with_the_cache(tmp_path, strategy):
     assert frozen_count >= 1
     for name in ("conv_a", "bn_a"):
         for before, after in zip(
-            initial_base.get_layer(name).get_weights(), base.get_layer(name).get_weights(),
+            initial_base.get_layer(name).get_weights(),
+            base.get_layer(name).get_weights(),
             strict=True,
         ):
             np.testing.assert_array_equal(before, after)

@@ -99,7 +99,7 @@ def _assert_same_decisions(plain, cached) -> tuple[float, float, float]:
     for first, second in pairs:
         assert (first["lr"], first["num_unfrozen"]) == (second["lr"], second["num_unfrozen"])
     gaps = [max(abs(a[k] - b[k]) for k in ("train_loss", "val_loss")) for a, b in pairs]
-    head_only = max(gap for gap, (a, _) in zip(gaps, pairs) if a["num_unfrozen"] == 0)
+    head_only = max(gap for gap, (a, _) in zip(gaps, pairs, strict=True) if a["num_unfrozen"] == 0)
     cached_state = cached_model.state_dict()
     weight = max(
         (value - cached_state[name]).abs().max().item()
@@ -116,7 +116,8 @@ def lite0_pair(augment: bool, out: str) -> None:
     plain = _train("efficientnet_lite0", "dynamic", Path(out), augment, feature_cache="off")
     cached = _train("efficientnet_lite0", "dynamic", Path(out), augment, feature_cache="auto")
     head_only, loss, weight = _assert_same_decisions(plain, cached)
-    print(f"largest differences: head-only loss {head_only:.3g}, loss {loss:.3g}, weight {weight:.3g}")
+    print(f"largest differences: head-only loss {head_only:.3g}, loss {loss:.3g}, ", end="")
+    print(f"weight {weight:.3g}")
     assert head_only <= HEAD_ONLY_LOSS_BOUND, head_only
     # without augmentation the rate of 0.01 overshoots: patience 1 unfreezes within 6 epochs
     assert augment or cached[2].unfreeze_events
@@ -173,9 +174,7 @@ def test_over_the_memory_limit_the_run_recomputes_with_a_warning_and_the_same_re
     plain = _train(TINY_BACKBONE, "linear_probe", tmp_path, feature_cache="off")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cached = _train(
-            TINY_BACKBONE, "linear_probe", tmp_path, feature_cache_max_gb=1e-9
-        )
+        cached = _train(TINY_BACKBONE, "linear_probe", tmp_path, feature_cache_max_gb=1e-9)
     _assert_same_run(plain, cached)
     messages = [str(w.message) for w in caught if "over the limit" in str(w.message)]
     assert 1 <= len(messages) <= 2  # at most one per cache (validation, training)
