@@ -14,7 +14,8 @@ trainable count and rate of every epoch, the best epoch).
 Each framework runs in its own process (TensorFlow and torch are not mixed).
 
 Usage: ``python -m benchmarks.perf.feature_cache_study [torch|keras] [--runs 96:dynamic:off
-...] [--repeats 3] [--epochs 6]`` (``--runs``: SIZE:STRATEGY:AUGMENTATION, default all eight)
+...] [--repeats 3] [--epochs 10] [--patience 3]`` (``--runs``: SIZE:STRATEGY:AUGMENTATION,
+default all eight)
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def parse_run(text: str) -> tuple[int, str, bool]:
 ALL_RUNS = [f"{s}:{t}:{a}" for s in IMAGES for t in STRATEGIES for a in ("off", "on")]
 
 
-def run_framework(framework: str, runs: list[str], repeats: int, epochs: int) -> None:
+def run_framework(
+    framework: str, runs: list[str], repeats: int, epochs: int, patience: int
+) -> None:
     from benchmarks.study.config import StudyConfig
     from benchmarks.study.data.batches import make_training_data
     from benchmarks.study.data.phantom import CLASS_NAMES, make_phantom
@@ -134,12 +137,14 @@ def run_framework(framework: str, runs: list[str], repeats: int, epochs: int) ->
 
         shared = Path(os.environ.get("DYNFT_SHARED", "/work/shared")) / WEIGHTS
         timed, weights = keras_passes_timed, str(shared) if shared.is_file() else "none"
-    base = StudyConfig(framework=framework, weights=weights, epochs=epochs, patience=1, lr=1e-3)
+    base = StudyConfig(
+        framework=framework, weights=weights, epochs=epochs, patience=patience, lr=1e-3
+    )
     library = runner.configure(base)["library"]
     backbone = BACKBONES[framework]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\n{library}, {backbone}, weights {weights}, 1 thread; {now}, {platform.machine()}")
-    print(f"{epochs} epochs, patience 1, step 3, lr 1e-3, batch 32, {repeats} repeats")
+    print(f"{epochs} epochs, patience {patience}, step 3, lr 1e-3, batch 32, {repeats} repeats")
     print(
         "| px | images (train/val) | strategy | augmentation | whole run off | whole run cached"
         " | ratio | epoch off | epoch cached | ratio | validation off | validation cached"
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("framework", nargs="?", choices=tuple(BACKBONES))
     parser.add_argument("--runs", nargs="+", default=ALL_RUNS, metavar="SIZE:STRATEGY:AUG")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
     args = parser.parse_args(argv)
     for run in args.runs:
         try:
@@ -198,14 +204,14 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, argparse.ArgumentTypeError) as error:
             parser.error(str(error))
     options = ["--runs", *args.runs, "--repeats", str(args.repeats)]
-    options += ["--epochs", str(args.epochs)]
+    options += ["--epochs", str(args.epochs), "--patience", str(args.patience)]
     if args.framework is None:
         for framework in BACKBONES:
             env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TQDM_DISABLE": "1"}
             command = [sys.executable, "-m", "benchmarks.perf.feature_cache_study", framework]
             subprocess.run([*command, *options], env=env, check=True)
         return
-    run_framework(args.framework, args.runs, args.repeats, args.epochs)
+    run_framework(args.framework, args.runs, args.repeats, args.epochs, args.patience)
 
 
 if __name__ == "__main__":
