@@ -9,6 +9,7 @@ starts) is shared by the run's caches in proportion to the images each holds.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,15 @@ def split_limits(max_gb: float | None, images: Mapping[str, int]) -> dict[str, i
     total = resolve_limit(None, max_gb)
     count = sum(images.values())
     return {name: max(1, total * size // max(count, 1)) for name, size in images.items()}
+
+
+def warn_uncacheable(error: Exception) -> None:
+    """Announce that a run's model cannot be cut (the run then computes every forward)."""
+    warnings.warn(
+        f"feature cache off for this run: {error}; every forward runs in full",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 class CacheFigures:

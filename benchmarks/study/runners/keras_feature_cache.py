@@ -18,7 +18,11 @@ import keras
 import numpy as np
 
 from benchmarks.study.data.batches import TrainingData
-from benchmarks.study.runners.feature_cache_runs import CacheFigures, split_limits
+from benchmarks.study.runners.feature_cache_runs import (
+    CacheFigures,
+    split_limits,
+    warn_uncacheable,
+)
 from benchmarks.study.runners.keras_batches import EvalBatches
 
 
@@ -37,7 +41,6 @@ def fixed_depth_callback(base: keras.Model, depth: int) -> SimpleNamespace:
         backbone=as_backbone(base),
         groups=[[layer] for layer in base.layers],
         scheduler=SimpleNamespace(num_unfrozen=depth),
-        model=None,
     )
 
 
@@ -47,6 +50,7 @@ class EpochValidation(keras.callbacks.Callback):
     Args:
         model: The model being fit.
         val: The validation batches.
+        data: The run's batches (the validation labels are read).
         mode: ``"auto"`` (serve the frozen part from a cache) or ``"off"``.
         tuner: The ``DynamicFineTuning`` callback or :func:`fixed_depth_callback`; the cache
             follows its trainable set.
@@ -72,9 +76,13 @@ class EpochValidation(keras.callbacks.Callback):
         always_trained = scheduler is not None and scheduler.num_unfrozen == num_groups
         if mode == "auto" and not always_trained:
             from dynft_keras import FeatureCache
+            from dynft_keras.frozen_prefix import CutError
 
             limit = split_limits(max_gb, {"validation": len(self.labels)})["validation"]
-            self.cache = FeatureCache(tuner, val, model=model, max_bytes=limit)
+            try:
+                self.cache = FeatureCache(tuner, val, model=model, max_bytes=limit)
+            except CutError as error:
+                warn_uncacheable(error)
 
     def probabilities(self) -> np.ndarray:
         """The model's outputs on the validation split, in order."""

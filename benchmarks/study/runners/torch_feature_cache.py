@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from benchmarks.study.data.batches import TrainingData, to_rgb_float
-from benchmarks.study.runners.feature_cache_runs import CacheFigures, split_limits
+from benchmarks.study.runners.feature_cache_runs import (
+    CacheFigures,
+    split_limits,
+    warn_uncacheable,
+)
 
 ToInput = Callable[[np.ndarray], torch.Tensor]
 
@@ -64,7 +68,9 @@ class _Table:
     row_of: np.ndarray  # training position -> row (-1: not served)
 
 
-def fixed_depth_tuner(model: torch.nn.Module, backbone: torch.nn.Module, layers: Any, depth: int):
+def fixed_depth_tuner(
+    model: torch.nn.Module, backbone: torch.nn.Module, layers: Any, depth: int
+) -> SimpleNamespace:
     """What ``FeatureCache`` reads of a tuner, for a strategy that trains the top ``depth``
     layers from the start: the model, its layer groups and a constant ``num_unfrozen``."""
     from dynft_torch import resolve_groups
@@ -118,11 +124,24 @@ class TorchStudyCache:
         self.figures = CacheFigures("auto")
         self._table: _Table | None = None
 
+    @classmethod
+    def open(
+        cls, tuner: Any, data: TrainingData, to_input: ToInput, max_gb: float | None
+    ) -> TorchStudyCache | None:
+        """The caches of a run, ``None`` (with one warning) when the model cannot be cut."""
+        from dynft_torch.frozen_region import CutError
+
+        try:
+            return cls(tuner, data, to_input, max_gb)
+        except CutError as error:
+            warn_uncacheable(error)
+            return None
+
     def validation_logits(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """``(logits, labels)`` of every validation batch, in the plain pass's order."""
         cache = self.validation
         for features, positions in cache.batches():
-            yield cache.model(features), self.data.val.labels[positions.numpy()]
+            yield cache.model(features), self.data.val.labels[positions.cpu().numpy()]
 
     def begin_epoch(self) -> None:
         """Gather this trainable set's training features (before the epoch's first batch)."""
@@ -140,6 +159,7 @@ class TorchStudyCache:
                 return None
             if rows is None:
                 rows = features.new_empty((self._served, *features.shape[1:]))
+            positions = positions.cpu()
             real = positions.numpy() >= 0
             count = int(real.sum())
             rows[filled : filled + count] = features[torch.from_numpy(real)]

@@ -158,10 +158,11 @@ def _train_top(model: TorchClassifier, layers: Layers, depth: int) -> list[torch
 def _open_cache(
     cfg: StudyConfig, tuner: Any, data: TrainingData, spec: TorchBackbone, dev: torch.device
 ) -> TorchStudyCache | None:
-    """The run's feature cache, ``None`` with ``--feature-cache off`` or nothing ever frozen."""
+    """The run's feature cache, ``None`` with ``--feature-cache off``, nothing ever frozen or a
+    model that cannot be cut."""
     if cfg.feature_cache == "off" or tuner.scheduler.num_unfrozen == len(tuner.groups):
         return None
-    return TorchStudyCache(
+    return TorchStudyCache.open(
         tuner, data, lambda images: spec.preprocess(_tensor(images, dev)), cfg.feature_cache_max_gb
     )
 

@@ -28,6 +28,7 @@ from benchmarks.study.config import StudyConfig
 from benchmarks.study.data.batches import make_training_data
 from benchmarks.study.data.phantom import CLASS_NAMES, make_phantom
 from benchmarks.study.data.splits import split_dataset
+from benchmarks.study.models import torch_backbones
 from benchmarks.study.models.torch_backbones import build_classifier, layer_groups
 from benchmarks.study.results.repeatability import differences
 from benchmarks.study.runners import torch_runner
@@ -55,8 +56,8 @@ def _train(backbone: str, strategy: str, tmp_path: Path, augment: bool = False, 
     data = make_training_data(
         dataset.images, dataset.labels, split, 32, 7, 16, seed=0, augment=augment
     )
-    weights = "none" if backbone == TINY_BACKBONE else "imagenet"
-    top_n = {backbone: 1} if backbone == TINY_BACKBONE else {}
+    weights = "imagenet" if backbone == "efficientnet_lite0" else "none"
+    top_n = {} if backbone == "efficientnet_lite0" else {backbone: 1}
     cfg = StudyConfig(
         weights=weights, epochs=6, patience=1, lr=LR, image_size=32, top_n=top_n, **settings
     )
@@ -183,6 +184,36 @@ def test_over_the_memory_limit_the_run_recomputes_with_a_warning_and_the_same_re
     assert all(
         "over the limit" in stats["fallback"] for stats in figures["feature_cache_detail"].values()
     )
+
+
+class ReversedFeatures(torch.nn.Module):
+    """Two convolutions registered in the reverse of the order they run in: the layer groups
+    (registration order) are not a prefix of the forward, so there is no cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.first = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.second(torch.relu(self.first(x))))
+
+
+def test_a_model_without_a_cut_runs_in_full_with_one_warning(tmp_path):
+    def build(pretrained: bool, image_size: int) -> torch.nn.Module:
+        return ReversedFeatures()
+
+    spec = torch_backbones.TorchBackbone(
+        "reversed_test_cnn", build, 8, torch_backbones.imagenet_normalize, top_n=1,
+        native_size=32, imagenet_source="nowhere",
+    )  # fmt: skip
+    torch_backbones.register_backbone(spec, replace=True)
+    plain = _train("reversed_test_cnn", "traditional", tmp_path, feature_cache="off")
+    with pytest.warns(RuntimeWarning, match="feature cache off for this run: .*prefix"):
+        cached = _train("reversed_test_cnn", "traditional", tmp_path, feature_cache="auto")
+    _assert_same_run(plain, cached)
+    assert cached[2].feature_cache["feature_cache_detail"] == {}
 
 
 def test_the_cli_records_the_cache_and_gives_the_same_study_with_it_off(tmp_path):
