@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.study.results.markdown import percent, table
+from benchmarks.study.results.markdown_cells import percent, table
 
 
 def feature_cache_section(runs: list[dict[str, Any]]) -> list[str]:
