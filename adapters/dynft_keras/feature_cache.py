@@ -296,6 +296,19 @@ class FeatureCache:
         if self._num_frozen() != num_frozen:
             raise RuntimeError("the trainable set changed during a pass over the feature cache")
 
+    def features(self, inputs: Any) -> np.ndarray:
+        """The features at the current cut of ``inputs``, computed now and not stored.
+
+        For samples that cannot be served (randomly augmented ones): their features and served
+        ones can be stacked into one batch for :attr:`model`. When nothing is cut, the inputs
+        are returned, as :meth:`batches` yields them.
+        """
+        if self._closed:
+            raise RuntimeError("this FeatureCache is closed; create a new one")
+        self._plan_for(self._num_frozen(), raise_errors=False)
+        inputs = _numpy(inputs)
+        return inputs if self._plan is None else self._features(inputs)
+
     def _features(self, inputs: np.ndarray) -> np.ndarray:
         assert self._plan is not None
         return keras.ops.convert_to_numpy(self._plan.prefix.predict_on_batch(inputs))

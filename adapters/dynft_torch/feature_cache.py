@@ -275,6 +275,21 @@ class FeatureCache:
                         inputs = self._tagged(self._plan.features(inputs))
                 yield (inputs, *(_to(item, self.device) for item in others))
 
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The features at the current cut of ``inputs``, computed now and not stored.
+
+        For samples that cannot be served (randomly augmented ones): their features and served
+        ones can be stacked into one batch for :attr:`model`. When nothing is cut, the inputs
+        (moved to the model's device) are returned, as :meth:`batches` yields them.
+        """
+        self._check_open()
+        self._plan_for(self._num_frozen(), raise_errors=False)
+        inputs = inputs.to(self.device)
+        if self._plan is None:
+            return inputs
+        with torch.no_grad():
+            return self._tagged(self._plan.features(inputs))
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this FeatureCache is closed; create a new one")

@@ -5,7 +5,7 @@ Frozen means inference mode: every module that runs entirely inside the frozen r
 in eval mode right before it runs, so dropout and stochastic depth are off there whatever
 ``model.train()`` did, in a cached pass as in a plain ``model(x)``. The hooks read the tuner's
 ``num_unfrozen`` on every call: as soon as groups are unfrozen, their modules are released (back
-to the model's mode) and train normally again.
+to the mode the model's own ``train()``/``eval()`` gives them) and train normally again.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .frozen_prefix import module_modes
 from .frozen_region import CutError, ForwardRecord, frozen_region
 from .groups import BackboneGroup
 
@@ -71,9 +72,16 @@ class InferenceRegion:
             with contextlib.suppress(CutError):  # the cache reports it when it plans its cut
                 region = frozen_region(self.model, self.record, self.groups, num_frozen)
                 self.modules = region.inference_modules
-        named = dict(self.model.named_modules())
-        for name in released - self.modules:
-            named[name].training = self.model.training
+        freed = released - self.modules
+        if freed:
+            # A released module takes the mode the model's own train()/eval() gives it (a model
+            # whose train() keeps its backbone in eval mode keeps it there), which the hooks
+            # had overridden; every other module keeps its current mode.
+            with module_modes(self.model, self.model.training):
+                named = dict(self.model.named_modules())
+                natural = {name: named[name].training for name in freed}
+            for name, training in natural.items():
+                named[name].training = training
         self._for = num_frozen
 
     def remove(self) -> None:

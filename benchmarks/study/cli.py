@@ -14,6 +14,7 @@ process). Flags given explicitly override the preset's values.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -28,6 +29,7 @@ from benchmarks.study.data.balance import BALANCE_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
+from benchmarks.study.runners.feature_cache_runs import FEATURE_CACHE_MODES
 from benchmarks.study.suite import SUITES
 from benchmarks.study.sweep import SWEEPABLE, parse_sweep
 
@@ -143,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--threads", type=int, help="CPU threads of the framework (quick: 1; paper: its default)")
     add(
+        "--feature-cache",
+        choices=FEATURE_CACHE_MODES,
+        help="auto (default): compute the frozen part of the backbone once per trainable set and "
+        "serve it to validation and to the un-augmented training samples; off: full forwards",
+    )
+    add(
+        "--feature-cache-max-gb",
+        type=float,
+        metavar="GIB",
+        help="memory limit of a run's feature caches (default: half the available memory); "
+        "over it the frozen part is recomputed",
+    )
+    add(
         "--sweep",
         action="append",
         metavar="NAME=V1,V2,...",
@@ -176,6 +191,15 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["drop_classes"] = _csv_list("--drop-classes", args.drop_classes)
     if args.top_n is not None:
         changes["top_n"] = parse_top_n(args.top_n)
+    if args.feature_cache is not None:
+        changes["feature_cache"] = args.feature_cache
+    if args.feature_cache_max_gb is not None:
+        if not 0 < args.feature_cache_max_gb < math.inf:
+            raise UsageError(
+                f"--feature-cache-max-gb {args.feature_cache_max_gb}: must be a positive, "
+                "finite number of GiB"
+            )
+        changes["feature_cache_max_gb"] = args.feature_cache_max_gb
     if args.sweep is not None:
         changes["sweep"] = parse_sweep(args.sweep)
     from benchmarks.study.data.phantom import CLASS_NAMES, MIN_IMAGES_PER_CLASS

@@ -60,6 +60,13 @@ class StudyConfig:
         threads: Intra-op CPU threads of the framework; ``None`` keeps its
             default. Defaults to 1: on a shared 2-core CPU one thread trained
             EfficientNet-Lite0 3-6x faster than two (spinning threads contend).
+        feature_cache: ``"auto"`` (default): the frozen part of the backbone is computed once
+            per trainable set and served to the validation pass and the un-augmented training
+            samples (see ``benchmarks.study.runners.feature_cache_runs``); ``"off"``: every
+            forward runs in full.
+        feature_cache_max_gb: Memory limit of a run's feature caches together, in GiB;
+            ``None`` (default): half of the memory available when the run starts. Over it,
+            the frozen part is recomputed (one warning).
     """
 
     framework: str = "torch"
@@ -83,6 +90,8 @@ class StudyConfig:
     drop_classes: tuple[str, ...] = ()
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     threads: int | None = 1
+    feature_cache: str = "auto"
+    feature_cache_max_gb: float | None = None
 
     def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:
         """The traditional top-n for ``backbone``: the override if given, else ``default``.

@@ -103,6 +103,8 @@ class Study:
                 "threads": cfg.threads,
                 "balance": cfg.balance,
                 "drop_classes": list(cfg.drop_classes),
+                "feature_cache": cfg.feature_cache,
+                "feature_cache_max_gb": cfg.feature_cache_max_gb,
             },
             "determinism": statement(self.framework_settings),
         }

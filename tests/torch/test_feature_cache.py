@@ -142,6 +142,32 @@ def test_frozen_groups_run_in_inference_mode_cached_or_not_and_train_again_once_
     cache.close()
 
 
+class EvalBackboneNet(DropoutNet):
+    """DropoutNet whose train() keeps the backbone in eval mode, as a study classifier does."""
+
+    def train(self, mode: bool = True) -> EvalBackboneNet:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+
+def test_modules_released_by_an_unfreeze_keep_the_mode_their_subtree_was_given():
+    model, _, tuner = setup(EvalBackboneNet)
+    x, _ = make_data(8)
+    cache = FeatureCache(tuner, [(x, torch.zeros(8, dtype=torch.long))])
+    tuner.step(1.0)
+    tuner.step(2.0)  # unfreezes backbone.3, after the last train() call
+    model.train()
+    assert cache.cut is not None  # the region follows the tuner: backbone.3 is released
+    block3 = model.backbone[3]
+    assert not any(module.training for module in block3.modules())
+    with torch.no_grad():
+        features = model.backbone[:3](x)
+        assert torch.equal(block3(features), block3(features))  # its dropout stays off
+    assert model.head.training
+    cache.close()
+
+
 def test_a_frozen_weight_changed_from_outside_rebuilds_and_a_manual_unfreeze_is_refused():
     model, _, tuner = setup()
     val = batches_of(make_data(32, seed=4))

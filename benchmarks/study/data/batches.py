@@ -66,6 +66,8 @@ class TrainingData:
         seed: Seeds the sampler and the augmentation.
         balance: How class imbalance is handled, one of
             :data:`benchmarks.study.data.balance.BALANCE_MODES`. Defaults to ``"tempered"``.
+        augment: Augment the training images of the minority classes (Table 2). Defaults to
+            ``True``; ``False`` trains on the images as they are.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class TrainingData:
         batch_size: int,
         seed: int,
         balance: str = DEFAULT_BALANCE,
+        augment: bool = True,
     ) -> None:
         self.train, self.val, self.test = train, val, test
         self.num_classes = num_classes
@@ -86,6 +89,7 @@ class TrainingData:
         self.plan = balance_plan(balance, train.labels, num_classes)
         self.class_weights = self.plan.weights
         self.minority = minority_mask(train.labels, num_classes)
+        self.augment = augment
 
     def reseed(self, seed: int) -> None:
         """Restart the sampler and augmentation stream, so each run draws what it would alone."""
@@ -100,13 +104,26 @@ class TrainingData:
             order = stratified_epoch(self.train.labels, self.plan.shares, count, self.rng)
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
+    def augmented(self, labels: np.ndarray) -> np.ndarray:
+        """Which training samples of these labels :meth:`train_batch` augments (bool per sample);
+        the others reach the model exactly as stored, every epoch."""
+        labels = np.asarray(labels)
+        if not self.augment:
+            return np.zeros(labels.shape, dtype=bool)
+        return self.minority[labels]
+
     def train_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Images (augmented where minority), labels and the plan's per-sample loss weights."""
+        """Images (augmented where :meth:`augmented`), labels and the plan's per-sample loss
+        weights."""
         labels = self.train.labels[indices]
-        images = augment_minority(
-            to_rgb_float(self.train.images[indices]), labels, self.minority, self.rng
-        )
+        images = to_rgb_float(self.train.images[indices])
+        if self.augment:
+            images = augment_minority(images, labels, self.minority, self.rng)
         return images, labels, self.class_weights[labels]
+
+    def plain_train_images(self, indices: np.ndarray) -> np.ndarray:
+        """Training images as stored (never augmented), float32 ``(B, H, W, 3)`` in 0..255."""
+        return to_rgb_float(self.train.images[indices])
 
     def eval_batches(self, split: SplitArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Un-augmented batches of ``split`` in order."""
@@ -124,6 +141,7 @@ def make_training_data(
     batch_size: int,
     seed: int,
     balance: str = DEFAULT_BALANCE,
+    augment: bool = True,
 ) -> TrainingData:
     """Cut ``images``/``labels`` by a ``benchmarks.study.data.splits.Split`` and resize every split.
 
@@ -136,6 +154,7 @@ def make_training_data(
         batch_size: Mini-batch size.
         seed: Seeds sampling and augmentation.
         balance: See :class:`TrainingData`. Defaults to ``"tempered"``.
+        augment: See :class:`TrainingData`. Defaults to ``True``.
     """
 
     def part(indices: np.ndarray) -> SplitArrays:
@@ -149,4 +168,5 @@ def make_training_data(
         batch_size,
         seed,
         balance,
+        augment,
     )

@@ -3,13 +3,14 @@ baselines beside them, paired tests, cost, best run and figure links."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from benchmarks.study.results.baselines import BASELINE_METRICS, BASELINE_NAMES, describe
+from benchmarks.study.results.cache_section import feature_cache_section
 from benchmarks.study.results.figures import best_run, run_name
+from benchmarks.study.results.markdown_cells import number, percent, table
 from benchmarks.study.results.stats import METRICS
 
 SYNTHETIC_BANNER = (
@@ -21,25 +22,6 @@ SETUP_KEYS = (
     "weights", "command",
 )  # fmt: skip
 METRIC_TITLES = {"accuracy": "ACC", "balanced_accuracy": "Bal. ACC", "macro_f1": "Macro-F1"}
-
-
-def table(header: str, rows: list[list[Any]]) -> list[str]:
-    """Markdown table; ``header`` is the column titles joined by ``|``."""
-    columns = header.split("|")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
-def percent(value: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage, ``–`` when missing or not finite."""
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{100 * value:.{digits}f}"
-
-
-def number(value: float | None, pattern: str) -> str:
-    """``pattern.format(value)``, or ``–`` when the value is missing or not finite."""
-    return "–" if value is None or not math.isfinite(value) else pattern.format(value)
 
 
 def incomplete_banner(meta: dict[str, Any]) -> list[str]:
@@ -367,6 +349,7 @@ def render(
     lines += per_run_section(runs)
     lines += paired_section(statistics)
     lines += cost_section(runs)
+    lines += feature_cache_section(runs)
     lines += best_run_section(runs)
     lines += determinism_section(meta)
     lines += figures_section(figures, out_dir)

@@ -11,12 +11,13 @@ from benchmarks.study.results.figures import draw_figures
 from benchmarks.study.results.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from benchmarks.study.results.markdown import render
 from benchmarks.study.results.stats import compare_strategies, summarize_seeds
+from benchmarks.study.runners.feature_cache_runs import RECORD_FIELDS
 
 RESULT_COLUMNS = [
     "framework", "backbone", "strategy", "seed", "weights", "data", "synthetic", "image_size",
     "lr", "unfrozen_lr_ratio", "accuracy", "balanced_accuracy", "macro_f1", "epochs",
     "best_epoch", "wall_s", "size_mb", "load_s", "top_n", "num_groups", "num_unfreeze_events",
-    "sanity",
+    "sanity", *RECORD_FIELDS,
 ]  # fmt: skip
 REQUIRED_RUN_KEYS = (
     "framework", "backbone", "strategy", "seed", "weights", "accuracy", "balanced_accuracy",

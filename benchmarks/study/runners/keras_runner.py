@@ -24,6 +24,11 @@ from benchmarks.study.models.keras_backbones import build_base, get_backbone
 from benchmarks.study.results.metrics import classification_metrics
 from benchmarks.study.runners.keras_batches import EvalBatches, TrainBatches
 from benchmarks.study.runners.keras_callbacks import FixedDepthStopping, TimelineRecorder
+from benchmarks.study.runners.keras_feature_cache import (
+    EpochValidation,
+    cross_entropy,
+    fixed_depth_callback,
+)
 from benchmarks.study.runners.records import (
     Outcome,
     RunContext,
@@ -104,38 +109,52 @@ def _set_top_trainable(base: keras.Model, top_n: int) -> None:
         layer.trainable = position >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
+Validation = Callable[[Any, int], EpochValidation]
+
+
 def _fixed_depth_fit(
-    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm
+    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm, validation: Validation
 ) -> tuple[list[keras.callbacks.Callback], Callable[[], Outcome]]:
     spec = get_backbone(ctx.backbone)
     top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
     depth = fixed_depth(ctx.strategy, top_n, len(base.layers))
     _set_top_trainable(base, depth)
+    validator = validation(fixed_depth_callback(base, depth), len(base.layers))
     stopper = FixedDepthStopping(cfg.patience, cfg.epochs)
     recorder = TimelineRecorder(bar, lambda: depth)
 
     def outcome() -> Outcome:
-        return Outcome(recorder.timeline, stopper.stopper.best_epoch, [], top_n=depth)
+        figures = validator.figures.record()
+        best = stopper.stopper.best_epoch
+        return Outcome(recorder.timeline, best, [], top_n=depth, feature_cache=figures)
 
-    return [stopper, recorder], outcome
+    return [validator, stopper, recorder], outcome
 
 
 def _staged_fit(
-    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm
+    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm, validation: Validation
 ) -> tuple[list[keras.callbacks.Callback], Callable[[], Outcome]]:
     from dynft_keras import DynamicFineTuning, resolve_groups
 
     plan = staged_plan(ctx.strategy, cfg)
     groups = plan.groups(resolve_groups(base, "layers"))
     tuner = DynamicFineTuning(backbone=base, groups=groups, verbose=0, **plan.options)
+    validator = validation(tuner, len(groups))
     recorder = TimelineRecorder(bar, lambda: tuner.scheduler.num_unfrozen)
 
     def outcome() -> Outcome:
         scheduler = tuner.scheduler
         events = unfreeze_events(scheduler.history, cfg.lr)
-        return Outcome(recorder.timeline, scheduler.best_epoch, events, num_groups=len(groups))
+        figures = validator.figures.record()
+        return Outcome(
+            recorder.timeline,
+            scheduler.best_epoch,
+            events,
+            num_groups=len(groups),
+            feature_cache=figures,
+        )
 
-    return [recorder, tuner], outcome
+    return [validator, recorder, tuner], outcome
 
 
 def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:
@@ -151,15 +170,19 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
     model, base, weights_used = build_model(ctx, cfg.weights)
     train_batches = TrainBatches(data, spec.preprocess)
     val = EvalBatches(data, data.val, spec.preprocess)
+
+    def validation(tuner: Any, num_groups: int) -> EpochValidation:
+        return EpochValidation(
+            model, val, data, cfg.feature_cache, tuner, num_groups, cfg.feature_cache_max_gb
+        )
+
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         setup = _fixed_depth_fit if ctx.strategy in FIXED_DEPTH else _staged_fit
-        callbacks, outcome = setup(cfg, ctx, base, bar)
+        callbacks, outcome = setup(cfg, ctx, base, bar, validation)
         model.compile(
             optimizer=keras.optimizers.Adam(cfg.lr), loss="sparse_categorical_crossentropy"
         )
-        model.fit(
-            train_batches, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0
-        )
+        model.fit(train_batches, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
     return model, outcome(), weights_used, time.perf_counter() - start
 
 
@@ -171,9 +194,7 @@ def _probabilities(model: keras.Model, ctx: RunContext, data: TrainingData, spli
 def validation_scores(model: Any, ctx: RunContext, data: TrainingData) -> dict[str, float]:
     """Validation loss and balanced accuracy of the trained model (what a sweep selects on)."""
     probabilities = _probabilities(model, ctx, data, data.val)
-    picked = probabilities[np.arange(len(data.val.labels)), data.val.labels]
-    # clipped like Keras' sparse categorical cross-entropy
-    loss = float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
+    loss = cross_entropy(probabilities, data.val.labels)
     predictions = np.argmax(probabilities, axis=1)
     return validation_summary(loss, data.val.labels, predictions, ctx.class_names)
 

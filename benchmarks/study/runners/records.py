@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class Outcome:
         unfreeze_events: :func:`unfreeze_events` of a staged strategy (empty otherwise).
         top_n: Backbone layers a fixed-depth strategy trains, else ``None``.
         num_groups: Groups the adapter of a staged strategy unfreezes, else ``None``.
+        feature_cache: The run's feature-cache figures
+            (``benchmarks.study.runners.feature_cache_runs.CacheFigures.record``).
     """
 
     timeline: list[dict[str, Any]]
@@ -101,6 +103,7 @@ class Outcome:
     unfreeze_events: list[dict[str, Any]]
     top_n: int | None = None
     num_groups: int | None = None
+    feature_cache: dict[str, Any] = field(default_factory=dict)
 
 
 def run_record(
@@ -162,6 +165,7 @@ def run_record(
         "num_groups": outcome.num_groups,
         "unfreeze_events": outcome.unfreeze_events,
         "timeline": outcome.timeline,
+        **outcome.feature_cache,
         "model_path": model_path.relative_to(ctx.out_dir).as_posix(),
     }
 

@@ -31,6 +31,7 @@ from benchmarks.study.models.torch_backbones import (
     get_backbone,
 )
 from benchmarks.study.results.metrics import classification_metrics
+from benchmarks.study.runners.feature_cache_runs import CacheFigures
 from benchmarks.study.runners.records import (
     Outcome,
     RunContext,
@@ -47,6 +48,7 @@ from benchmarks.study.runners.strategies import (
     staged_plan,
     unfrozen_lr_ratio,
 )
+from benchmarks.study.runners.torch_feature_cache import TorchStudyCache, fixed_depth_tuner
 
 FRAMEWORK = "torch"
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
@@ -92,15 +94,21 @@ def train_epoch(
     data: TrainingData,
     preprocess: Preprocess,
     dev: torch.device,
+    cache: TorchStudyCache | None = None,
 ) -> float:
     """One epoch over the sampled batches; returns the mean weighted training loss."""
     model.train()
     total, count = 0.0, 0
+    if cache is not None:
+        cache.begin_epoch()
     for indices in data.epoch_plan():
         images, labels, sample_weights = data.train_batch(indices)
         target = torch.from_numpy(labels).to(dev)
         weights = torch.from_numpy(sample_weights).to(dev)
-        logits = model(preprocess(_tensor(images, dev)))
+        if cache is None:
+            logits = model(preprocess(_tensor(images, dev)))
+        else:
+            logits = cache.training_logits(model, indices, labels, images)
         # per-sample weights averaged over the batch, as Keras does with sample_weight
         loss = (F.cross_entropy(logits, target, reduction="none") * weights).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -118,12 +126,20 @@ def evaluate(
     split: SplitArrays,
     preprocess: Preprocess,
     dev: torch.device,
+    cache: TorchStudyCache | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Unweighted mean cross-entropy and predicted labels on ``split``."""
+    """Unweighted mean cross-entropy and predicted labels on ``split`` (the validation split
+    served by ``cache`` when given)."""
     model.eval()
     total, predictions = 0.0, []
-    for images, labels in data.eval_batches(split):
-        logits = model(preprocess(_tensor(images, dev)))
+    if cache is not None and split is data.val:
+        batches = cache.validation_logits()
+    else:
+        batches = (
+            (model(preprocess(_tensor(images, dev))), labels)
+            for images, labels in data.eval_batches(split)
+        )
+    for logits, labels in batches:
         target = torch.from_numpy(labels).to(dev)
         total += float(F.cross_entropy(logits, target, reduction="sum"))
         predictions.append(logits.argmax(dim=1).cpu().numpy())
@@ -167,6 +183,18 @@ def _train_top(model: TorchClassifier, layers: Layers, depth: int) -> list[torch
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
+def _open_cache(
+    cfg: StudyConfig, tuner: Any, data: TrainingData, spec: TorchBackbone, dev: torch.device
+) -> TorchStudyCache | None:
+    """The run's feature cache, ``None`` with ``--feature-cache off``, nothing ever frozen or a
+    model that cannot be cut."""
+    if cfg.feature_cache == "off" or tuner.scheduler.num_unfrozen == len(tuner.groups):
+        return None
+    return TorchStudyCache.open(
+        tuner, data, lambda images: spec.preprocess(_tensor(images, dev)), cfg.feature_cache_max_gb
+    )
+
+
 def _train_fixed(
     model: TorchClassifier,
     cfg: StudyConfig,
@@ -182,18 +210,24 @@ def _train_fixed(
     best_state: dict[str, torch.Tensor] | None = None
     timeline: list[dict[str, Any]] = []
     stop = False
+    cache = _open_cache(
+        cfg, fixed_depth_tuner(model, model.backbone, layers, depth), data, spec, dev
+    )
     while not stop:
-        train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev)
-        val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev)
+        train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev, cache)
+        val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev, cache)
+        if cache is not None:
+            cache.observe()
         timeline.append(timeline_entry(len(timeline) + 1, train_loss, val_loss, cfg.lr, depth))
         bar.set_postfix(val_loss=f"{val_loss:.4f}", layers=depth)
         bar.update()
         improved, stop = stopper.step(val_loss)
         if improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    figures = _closed(cache, cfg.feature_cache)
     if best_state is not None:
         model.load_state_dict(best_state)
-    return Outcome(timeline, stopper.best_epoch, [], top_n=depth)
+    return Outcome(timeline, stopper.best_epoch, [], top_n=depth, feature_cache=figures)
 
 
 def _train_staged(
@@ -216,10 +250,13 @@ def _train_staged(
     )
     scheduler = tuner.scheduler
     timeline: list[dict[str, Any]] = []
+    cache = _open_cache(cfg, tuner, data, spec, dev)
     for epoch in range(1, cfg.epochs + 1):
         lr, num_unfrozen = optimizer.param_groups[0]["lr"], scheduler.num_unfrozen
-        train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev)
-        val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev)
+        train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev, cache)
+        val_loss, _ = evaluate(model, data, data.val, spec.preprocess, dev, cache)
+        if cache is not None:
+            cache.observe()
         timeline.append(timeline_entry(epoch, train_loss, val_loss, lr, num_unfrozen))
         decision = tuner.step(val_loss)
         bar.set_postfix(
@@ -229,7 +266,18 @@ def _train_staged(
         if decision.stop:
             break
     events = unfreeze_events(scheduler.history, cfg.lr)
-    return Outcome(timeline, scheduler.best_epoch, events, num_groups=len(groups))
+    figures = _closed(cache, cfg.feature_cache)
+    return Outcome(
+        timeline, scheduler.best_epoch, events, num_groups=len(groups), feature_cache=figures
+    )
+
+
+def _closed(cache: TorchStudyCache | None, mode: str) -> dict[str, Any]:
+    """Close the run's cache; the run-record fields of its figures."""
+    if cache is None:
+        return CacheFigures(mode).record()
+    cache.close()
+    return cache.figures.record()
 
 
 def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:

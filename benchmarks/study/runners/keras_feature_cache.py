@@ -1,0 +1,103 @@
+"""The Keras runner's validation pass, served from ``dynft_keras.FeatureCache`` when enabled.
+
+``fit`` would validate the whole model on images every epoch; instead :class:`EpochValidation`
+(first of the callbacks) puts the validation loss into the epoch's logs, where the fixed-depth
+stopping, the timeline and ``DynamicFineTuning`` read it. With ``--feature-cache auto`` it
+applies the rest of the model to the features of the frozen part, computed once per trainable
+set; with ``off`` it predicts on the images. Both compute the loss with :func:`cross_entropy`,
+so the two settings decide alike. Training batches go through ``fit`` in full: ``fit`` trains
+one model, while the cache's trainable rest is a new model after every unfreeze.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import keras
+import numpy as np
+
+from benchmarks.study.data.batches import TrainingData
+from benchmarks.study.runners.feature_cache_runs import (
+    CacheFigures,
+    split_limits,
+    warn_uncacheable,
+)
+from benchmarks.study.runners.keras_batches import EvalBatches
+
+
+def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean sparse categorical cross-entropy, clipped like Keras' loss."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
+
+
+def fixed_depth_callback(base: keras.Model, depth: int) -> SimpleNamespace:
+    """What ``FeatureCache`` reads of the callback, for a strategy that trains the top
+    ``depth`` layers of ``base`` from the start (one group per layer)."""
+    from dynft_keras.backbone import as_backbone
+
+    return SimpleNamespace(
+        backbone=as_backbone(base),
+        groups=[[layer] for layer in base.layers],
+        scheduler=SimpleNamespace(num_unfrozen=depth),
+    )
+
+
+class EpochValidation(keras.callbacks.Callback):
+    """Sets ``logs["val_loss"]`` at the end of every epoch, through the cache or not.
+
+    Args:
+        model: The model being fit.
+        val: The validation batches.
+        data: The run's batches (the validation labels are read).
+        mode: ``"auto"`` (serve the frozen part from a cache) or ``"off"``.
+        tuner: The ``DynamicFineTuning`` callback or :func:`fixed_depth_callback`; the cache
+            follows its trainable set.
+        num_groups: Groups of ``tuner``.
+        max_gb: ``--feature-cache-max-gb`` (``None``: the default).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        val: EvalBatches,
+        data: TrainingData,
+        mode: str,
+        tuner: Any,
+        num_groups: int,
+        max_gb: float | None,
+    ) -> None:
+        super().__init__()
+        self.full_model, self.val, self.labels = model, val, data.val.labels
+        self.figures = CacheFigures(mode)
+        self.cache = None
+        scheduler = getattr(tuner, "scheduler", None)
+        always_trained = scheduler is not None and scheduler.num_unfrozen == num_groups
+        if mode == "auto" and not always_trained:
+            from dynft_keras import FeatureCache
+            from dynft_keras.frozen_prefix import CutError
+
+            limit = split_limits(max_gb, {"validation": len(self.labels)})["validation"]
+            try:
+                self.cache = FeatureCache(tuner, val, model=model, max_bytes=limit)
+            except CutError as error:
+                warn_uncacheable(error)
+
+    def probabilities(self) -> np.ndarray:
+        """The model's outputs on the validation split, in order."""
+        if self.cache is not None:
+            return self.cache.predict()
+        batches = [self.full_model.predict_on_batch(self.val[i][0]) for i in range(len(self.val))]
+        return np.concatenate([keras.ops.convert_to_numpy(b) for b in batches])
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is None:
+            raise RuntimeError("EpochValidation needs the epoch logs to report val_loss in")
+        logs["val_loss"] = cross_entropy(self.probabilities(), self.labels)
+        if self.cache is not None:
+            self.figures.observe({"validation": self.cache.stats})
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.cache is not None:
+            self.cache.close()
