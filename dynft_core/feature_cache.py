@@ -17,9 +17,10 @@ from __future__ import annotations
 import enum
 import math
 import numbers
+import os
 import shutil
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -248,3 +249,37 @@ class FeatureCachePolicy:
         """One batch was served, saving ``seconds_saved`` against computing it."""
         self.stats.hits += 1
         self.stats.seconds_saved += seconds_saved
+
+
+def check_source(data: object, directory: object, examples: str) -> Path | None:
+    """Check a cache's data and folder before anything is built.
+
+    Args:
+        data: What the cache reads each pass; it must be re-iterable.
+        directory: ``None`` or an existing folder for memory-mapped features.
+        examples: The kinds of data the framework accepts, for the message.
+
+    Returns:
+        ``directory`` as a ``Path``, or ``None``.
+
+    Raises:
+        TypeError: ``data`` is not iterable or is a one-shot iterator, or ``directory`` is
+            not a path.
+        ValueError: ``directory`` is not an existing folder.
+    """
+    if not isinstance(data, Iterable) or iter(data) is data:
+        raise TypeError(
+            f"data must be re-iterable ({examples}), not a one-shot iterator, a generator or "
+            f"a {type(data).__name__}: it is read again after every unfreeze"
+        )
+    if directory is None:
+        return None
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            "directory must be None or the path of a folder (str or os.PathLike), got "
+            f"{type(directory).__name__}: {directory!r}"
+        )
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ValueError(f"directory {str(directory)!r} is not an existing folder")
+    return folder

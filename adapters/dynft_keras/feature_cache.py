@@ -25,6 +25,7 @@ from dynft_core.feature_cache import (
     FeatureCachePolicy,
     FeatureCacheStats,
     batch_count,
+    check_source,
     resolve_limit,
 )
 
@@ -162,16 +163,12 @@ class FeatureCache:
             raise ValueError("pass model=: the callback has no model until fit starts")
         if callback.groups is None:  # a backbone given as layer names is looked up in the model
             callback.set_model(model)
-        if iter(data) is data:  # type: ignore[comparison-overlap]
-            raise TypeError(
-                "data must be re-iterable (a list of batches, a PyDataset, a tf.data.Dataset), "
-                "not a one-shot iterator or generator: it is read again after every unfreeze"
-            )
+        directory_path = check_source(
+            data, directory, "a list of batches, a PyDataset, a tf.data.Dataset"
+        )
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
-        self.directory = Path(directory) if directory is not None else None
-        if self.directory is not None and not self.directory.is_dir():
-            raise ValueError(f"directory {str(directory)!r} is not an existing folder")
+        self.directory = directory_path
         self.callback, self.data, self.dtype = callback, data, dtype
         self.full_model = model
         self._policy = FeatureCachePolicy(resolve_limit(max_bytes, max_gb, self.directory))

@@ -27,6 +27,7 @@ from dynft_core.feature_cache import (
     FeatureCachePolicy,
     FeatureCacheStats,
     batch_count,
+    check_source,
     resolve_limit,
 )
 
@@ -128,11 +129,7 @@ class FeatureCache:
         for attribute in ("model", "groups", "scheduler"):
             if not hasattr(tuner, attribute):
                 raise TypeError(f"tuner must be a DynamicFineTuner, got {type(tuner).__name__}")
-        if iter(data) is data:  # type: ignore[comparison-overlap]
-            raise TypeError(
-                "data must be re-iterable (a DataLoader, a list of batches ...), not a one-shot "
-                "iterator or generator: it is read again after every unfreeze"
-            )
+        directory_path = check_source(data, directory, "a DataLoader, a list of batches ...")
         if isinstance(data, DataLoader) and (
             isinstance(data.sampler, RandomSampler)
             or isinstance(getattr(data.batch_sampler, "sampler", None), RandomSampler)
@@ -145,9 +142,7 @@ class FeatureCache:
             raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-        self.directory = Path(directory) if directory is not None else None
-        if self.directory is not None and not self.directory.is_dir():
-            raise ValueError(f"directory {str(directory)!r} is not an existing folder")
+        self.directory = directory_path
         self.tuner = tuner
         self.data = data
         self.dtype = dtype

@@ -128,3 +128,17 @@ def test_features_go_to_the_accelerator_only_when_their_size_is_known_and_small(
 def test_batch_count_of_sized_and_unsized_data():
     assert batch_count([1, 2, 3]) == 3
     assert batch_count(x for x in range(3)) is None
+
+
+def test_check_source_refuses_what_cannot_be_read_again_or_is_no_folder(tmp_path):
+    from dynft_core.feature_cache import check_source
+
+    assert check_source([1, 2], None, "lists") is None
+    assert check_source([1], str(tmp_path), "lists") == tmp_path
+    for data in (3, iter([1]), (x for x in [1])):
+        with pytest.raises(TypeError, match=r"data must be re-iterable \(lists\)"):
+            check_source(data, None, "lists")
+    with pytest.raises(TypeError, match=r"directory must be None or the path .* got int: 3"):
+        check_source([1], 3, "lists")
+    with pytest.raises(ValueError, match="is not an existing folder"):
+        check_source([1], tmp_path / "missing", "lists")
