@@ -1,4 +1,4 @@
-"""Hand-written traces of Algorithm 1, worked out on paper from the semantics in issue 2.
+"""Hand-written traces of Algorithm 1, worked out on paper from the semantics of Algorithm 1.
 
 Each row is the decision expected after one epoch:
 ``(value, improved, num_unfrozen, newly_unfrozen, lr_factor, restore_best, stop)``.
