@@ -1,6 +1,6 @@
 """Property-based tests: random value streams against an independent model of Algorithm 1.
 
-The reference model below is written straight from the semantics of Algorithm 1 in the paper, as plainly
+The reference model below is written straight from the semantics of Algorithm 1, as plainly
 as possible, so that a disagreement points at the scheduler rather than at shared code.
 The Hypothesis profile (``tests/conftest.py``) sets the number of examples: 500 in CI.
 """

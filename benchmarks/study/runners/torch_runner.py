@@ -170,6 +170,11 @@ def backbone_layers(model: TorchClassifier) -> Layers:
     return layers
 
 
+def _parameter_groups(layers: Layers) -> list[list[str]]:
+    """The layers as parameter-name lists, the form the adapter's ``groups=`` takes."""
+    return [list(layer.parameter_names) for layer in layers]
+
+
 def _train_top(model: TorchClassifier, layers: Layers, depth: int) -> list[torch.nn.Parameter]:
     """Freeze the backbone but its top ``depth`` layers; the parameters that now train."""
     parameters = dict(model.named_parameters())
@@ -211,7 +216,11 @@ def _train_fixed(
     timeline: list[dict[str, Any]] = []
     stop = False
     cache = _open_cache(
-        cfg, fixed_depth_tuner(model, model.backbone, layers, depth), data, spec, dev
+        cfg,
+        fixed_depth_tuner(model, model.backbone, _parameter_groups(layers), depth),
+        data,
+        spec,
+        dev,
     )
     while not stop:
         train_loss = train_epoch(model, optimizer, data, spec.preprocess, dev, cache)
@@ -243,7 +252,7 @@ def _train_staged(
 
     dev = next(model.parameters()).device
     plan = staged_plan(strategy, cfg)
-    groups = plan.groups([list(layer.parameter_names) for layer in layers])
+    groups = plan.groups(_parameter_groups(layers))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     tuner = DynamicFineTuner(
         model, optimizer, backbone=model.backbone, groups=groups, **plan.options

@@ -29,7 +29,7 @@ from benchmarks.study.data.batches import make_training_data
 from benchmarks.study.data.phantom import CLASS_NAMES, make_phantom
 from benchmarks.study.data.splits import split_dataset
 from benchmarks.study.models import torch_backbones
-from benchmarks.study.models.torch_backbones import build_classifier, layer_groups
+from benchmarks.study.models.torch_backbones import build_classifier
 from benchmarks.study.results.repeatability import differences
 from benchmarks.study.runners import torch_runner
 from benchmarks.study.runners.records import RunContext
@@ -79,15 +79,13 @@ def _assert_same_run(plain, cached) -> None:
 
 
 def _frozen_below_the_cut_unchanged(initial, model, num_frozen: int) -> None:
-    frozen = layer_groups(model.backbone)[:num_frozen]
+    frozen = torch_runner.backbone_layers(model)[:num_frozen]
     assert frozen
-    names = {id(p): n for n, p in model.named_parameters()}
+    parameters = dict(model.named_parameters())
     before = initial.state_dict()
     for group in frozen:
-        for layer in group:
-            for parameter in layer.parameters(recurse=False):
-                name = names[id(parameter)]
-                assert torch.equal(parameter.detach(), before[name]), f"frozen {name} changed"
+        for name in group.parameter_names:
+            assert torch.equal(parameters[name].detach(), before[name]), f"frozen {name} changed"
 
 
 def _assert_same_decisions(plain, cached) -> tuple[float, float, float]:

@@ -17,9 +17,9 @@ def test_each_strategy_runs_with_the_rate_its_validation_trials_chose(
     test_passes = []
     real_evaluate = torch_runner.evaluate
 
-    def evaluate(model, data, split, preprocess, dev):
+    def evaluate(model, data, split, *args, **kwargs):
         test_passes.append(split is data.test)
-        return real_evaluate(model, data, split, preprocess, dev)
+        return real_evaluate(model, data, split, *args, **kwargs)
 
     monkeypatch.setattr(torch_runner, "evaluate", evaluate)
     out = tmp_path / "swept"
