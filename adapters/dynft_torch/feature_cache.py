@@ -67,10 +67,10 @@ class CachedModel(nn.Module):
     def __init__(self, cache: FeatureCache) -> None:
         super().__init__()
         self.inner = cache.model_of_tuner
-        object.__setattr__(self, "_cache", cache)
+        self._cache: FeatureCache = cache
 
     def forward(self, x: torch.Tensor) -> Any:
-        return self._cache._forward(x)  # type: ignore[attr-defined]
+        return self._cache._forward(x)
 
 
 class FeatureCache:
