@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks.study.config import DEFAULT_STRATEGIES, STRATEGIES, StudyConfig, StudyConfigError
-from benchmarks.study.data.balance import BALANCE_MODES
+from benchmarks.study.data.balance import BALANCE_MODES, VAL_LOSS_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.out_folder import check_out_folder
 from benchmarks.study.presets import PRESETS, preset_config
@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on the sampled shares), sampler, weights, both (the two compounded), none",
     )
     add(
+        "--val-loss",
+        choices=VAL_LOSS_MODES,
+        help="monitored validation loss: balanced (default: every class counts alike, Eq. 14 on "
+        "the validation counts) or plain (unweighted mean, ranks majority-leaning models best)",
+    )
+    add(
         "--drop-classes",
         metavar="NAME,...",
         help="leave the images of these classes out before the split (a class too small to "
@@ -187,6 +193,8 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         changes["weights"] = args.weights
     if args.balance is not None:
         changes["balance"] = args.balance
+    if args.val_loss is not None:
+        changes["val_loss"] = args.val_loss
     if args.drop_classes is not None:
         changes["drop_classes"] = _csv_list("--drop-classes", args.drop_classes)
     if args.top_n is not None:

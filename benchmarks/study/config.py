@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmarks.study.data.balance import DEFAULT_BALANCE
+from benchmarks.study.data.balance import DEFAULT_BALANCE, DEFAULT_VAL_LOSS
 
 
 class StudyConfigError(ValueError):
@@ -52,6 +52,10 @@ class StudyConfig:
         balance: Class-imbalance handling, one of
             ``benchmarks.study.data.balance.BALANCE_MODES``. Defaults to ``"tempered"``: a
             sqrt-frequency sampler with Eq. 14 computed on the sampled shares, one correction.
+        val_loss: How the monitored validation loss (plateaus, best weights, early stopping, the
+            sweep) averages, one of ``benchmarks.study.data.balance.VAL_LOSS_MODES``. Defaults
+            to ``"balanced"``: Eq. 14 on the validation split's counts, each class counting
+            alike; ``"plain"`` is the unweighted mean.
         drop_classes: Class names whose images are left out before the split (a class too
             small to learn or to measure; reported). Defaults to none.
         sweep: Settings swept per strategy on the validation split before the runs, e.g.
@@ -87,6 +91,7 @@ class StudyConfig:
     phantom_images: int = 600
     phantom_size: int = 96
     balance: str = DEFAULT_BALANCE
+    val_loss: str = DEFAULT_VAL_LOSS
     drop_classes: tuple[str, ...] = ()
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
     threads: int | None = 1

@@ -102,6 +102,7 @@ class Study:
                 "phantom_images": cfg.phantom_images if cfg.data == "phantom" else None,
                 "threads": cfg.threads,
                 "balance": cfg.balance,
+                "val_loss": cfg.val_loss,
                 "drop_classes": list(cfg.drop_classes),
                 "feature_cache": cfg.feature_cache,
                 "feature_cache_max_gb": cfg.feature_cache_max_gb,
@@ -191,7 +192,7 @@ def _run_all(study: Study, out_dir: Path, registry: ModuleType, runner: ModuleTy
                 size = cfg.image_size or registry.get_backbone(backbone).native_size
                 data = make_training_data(
                     dataset.images, dataset.labels, split, size, len(names), cfg.batch_size,
-                    seed, cfg.balance,
+                    seed, cfg.balance, val_loss=cfg.val_loss,
                 )  # fmt: skip
                 for strategy in cfg.strategies:
                     ctx = RunContext(

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 BALANCE_MODES = ("tempered", "sampler", "weights", "both", "none")
+# How the monitored validation loss averages its per-sample losses (see validation_loss).
+VAL_LOSS_MODES = ("balanced", "plain")
+DEFAULT_VAL_LOSS = "balanced"
 DEFAULT_BALANCE = "tempered"
 # q_i ∝ n_i ** TEMPERING in the tempered mode: 0 would equalise the classes, 1 keep them natural.
 TEMPERING = 0.5
@@ -208,3 +211,27 @@ def minority_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = _checked_labels(labels, num_classes)
     counts = np.bincount(labels, minlength=num_classes)
     return counts * num_classes < len(labels)
+
+
+def validation_loss(losses: np.ndarray, labels: np.ndarray, num_classes: int, mode: str) -> float:
+    """The validation loss every strategy monitors: per-sample losses averaged by ``mode``.
+
+    ``"balanced"`` (default) weighs each sample by Eq. 14 on the split's own counts, which is the
+    mean over the classes present of each class's mean loss: the objective the training loss is
+    balanced to, measured on held-out data. ``"plain"`` is the unweighted mean; on a split where
+    one class holds most images, it ranks a model that leans to that class best even when its
+    balanced accuracy is below chance, so it picked collapsed models on the COVID set.
+
+    Raises:
+        ValueError: Unknown ``mode``, or ``losses`` and ``labels`` of different lengths.
+    """
+    if mode not in VAL_LOSS_MODES:
+        raise ValueError(f"validation loss mode must be one of {VAL_LOSS_MODES}, got {mode!r}")
+    losses = np.asarray(losses, dtype=np.float64)
+    labels = _checked_labels(labels, num_classes)
+    if losses.shape != labels.shape:
+        raise ValueError(f"{losses.shape[0]} losses for {labels.shape[0]} labels")
+    if mode == "plain":
+        return float(losses.mean())
+    weights = class_weights(labels, num_classes)[labels]
+    return float(np.sum(weights * losses) / np.sum(weights))

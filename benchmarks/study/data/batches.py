@@ -17,9 +17,12 @@ from PIL import Image
 from benchmarks.study.data.augment import augment_minority
 from benchmarks.study.data.balance import (
     DEFAULT_BALANCE,
+    DEFAULT_VAL_LOSS,
+    VAL_LOSS_MODES,
     balance_plan,
     minority_mask,
     stratified_epoch,
+    validation_loss,
 )
 
 
@@ -68,6 +71,8 @@ class TrainingData:
             :data:`benchmarks.study.data.balance.BALANCE_MODES`. Defaults to ``"tempered"``.
         augment: Augment the training images of the minority classes (Table 2). Defaults to
             ``True``; ``False`` trains on the images as they are.
+        val_loss: How :meth:`validation_loss` averages, one of
+            :data:`benchmarks.study.data.balance.VAL_LOSS_MODES`. Defaults to ``"balanced"``.
     """
 
     def __init__(
@@ -80,8 +85,12 @@ class TrainingData:
         seed: int,
         balance: str = DEFAULT_BALANCE,
         augment: bool = True,
+        val_loss: str = DEFAULT_VAL_LOSS,
     ) -> None:
+        if val_loss not in VAL_LOSS_MODES:
+            raise ValueError(f"val_loss must be one of {VAL_LOSS_MODES}, got {val_loss!r}")
         self.train, self.val, self.test = train, val, test
+        self.val_loss_mode = val_loss
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
@@ -125,6 +134,10 @@ class TrainingData:
         """Training images as stored (never augmented), float32 ``(B, H, W, 3)`` in 0..255."""
         return to_rgb_float(self.train.images[indices])
 
+    def validation_loss(self, losses: np.ndarray) -> float:
+        """The monitored loss of the validation split from its per-sample losses, in order."""
+        return validation_loss(losses, self.val.labels, self.num_classes, self.val_loss_mode)
+
     def eval_batches(self, split: SplitArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Un-augmented batches of ``split`` in order."""
         for start in range(0, len(split.labels), self.batch_size):
@@ -142,6 +155,7 @@ def make_training_data(
     seed: int,
     balance: str = DEFAULT_BALANCE,
     augment: bool = True,
+    val_loss: str = DEFAULT_VAL_LOSS,
 ) -> TrainingData:
     """Cut ``images``/``labels`` by a ``benchmarks.study.data.splits.Split`` and resize every split.
 
@@ -155,6 +169,7 @@ def make_training_data(
         seed: Seeds sampling and augmentation.
         balance: See :class:`TrainingData`. Defaults to ``"tempered"``.
         augment: See :class:`TrainingData`. Defaults to ``True``.
+        val_loss: See :class:`TrainingData`. Defaults to ``"balanced"``.
     """
 
     def part(indices: np.ndarray) -> SplitArrays:
@@ -169,4 +184,5 @@ def make_training_data(
         seed,
         balance,
         augment,
+        val_loss,
     )

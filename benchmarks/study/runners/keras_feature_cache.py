@@ -4,7 +4,7 @@
 (first of the callbacks) puts the validation loss into the epoch's logs, where the fixed-depth
 stopping, the timeline and ``DynamicFineTuning`` read it. With ``--feature-cache auto`` it
 applies the rest of the model to the features of the frozen part, computed once per trainable
-set; with ``off`` it predicts on the images. Both compute the loss with :func:`cross_entropy`,
+set; with ``off`` it predicts on the images. Both compute the loss with :func:`validation_loss`,
 so the two settings decide alike. Training batches go through ``fit`` in full: ``fit`` trains
 one model, while the cache's trainable rest is a new model after every unfreeze.
 """
@@ -26,10 +26,12 @@ from benchmarks.study.runners.feature_cache_runs import (
 from benchmarks.study.runners.keras_batches import EvalBatches
 
 
-def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean sparse categorical cross-entropy, clipped like Keras' loss."""
+def validation_loss(probabilities: np.ndarray, data: TrainingData) -> float:
+    """The monitored validation loss (``TrainingData.validation_loss``) of the validation
+    split's predicted probabilities: sparse categorical cross-entropy, clipped like Keras'."""
+    labels = data.val.labels
     picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
+    return data.validation_loss(-np.log(np.clip(picked, keras.config.epsilon(), 1.0)))
 
 
 def fixed_depth_callback(base: keras.Model, depth: int) -> SimpleNamespace:
@@ -50,7 +52,7 @@ class EpochValidation(keras.callbacks.Callback):
     Args:
         model: The model being fit.
         val: The validation batches.
-        data: The run's batches (the validation labels are read).
+        data: The run's batches (the validation labels and loss mode are read).
         mode: ``"auto"`` (serve the frozen part from a cache) or ``"off"``.
         tuner: The ``DynamicFineTuning`` callback or :func:`fixed_depth_callback`; the cache
             follows its trainable set.
@@ -69,7 +71,7 @@ class EpochValidation(keras.callbacks.Callback):
         max_gb: float | None,
     ) -> None:
         super().__init__()
-        self.full_model, self.val, self.labels = model, val, data.val.labels
+        self.full_model, self.val, self.data = model, val, data
         self.figures = CacheFigures(mode)
         self.cache = None
         scheduler = getattr(tuner, "scheduler", None)
@@ -78,7 +80,7 @@ class EpochValidation(keras.callbacks.Callback):
             from dynft_keras import FeatureCache
             from dynft_keras.frozen_prefix import CutError
 
-            limit = split_limits(max_gb, {"validation": len(self.labels)})["validation"]
+            limit = split_limits(max_gb, {"validation": len(data.val.labels)})["validation"]
             try:
                 self.cache = FeatureCache(tuner, val, model=model, max_bytes=limit)
             except CutError as error:
@@ -94,7 +96,7 @@ class EpochValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
             raise RuntimeError("EpochValidation needs the epoch logs to report val_loss in")
-        logs["val_loss"] = cross_entropy(self.probabilities(), self.labels)
+        logs["val_loss"] = validation_loss(self.probabilities(), self.data)
         if self.cache is not None:
             self.figures.observe({"validation": self.cache.stats})
 

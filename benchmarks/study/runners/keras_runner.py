@@ -26,8 +26,8 @@ from benchmarks.study.runners.keras_batches import EvalBatches, TrainBatches
 from benchmarks.study.runners.keras_callbacks import FixedDepthStopping, TimelineRecorder
 from benchmarks.study.runners.keras_feature_cache import (
     EpochValidation,
-    cross_entropy,
     fixed_depth_callback,
+    validation_loss,
 )
 from benchmarks.study.runners.records import (
     Outcome,
@@ -194,7 +194,7 @@ def _probabilities(model: keras.Model, ctx: RunContext, data: TrainingData, spli
 def validation_scores(model: Any, ctx: RunContext, data: TrainingData) -> dict[str, float]:
     """Validation loss and balanced accuracy of the trained model (what a sweep selects on)."""
     probabilities = _probabilities(model, ctx, data, data.val)
-    loss = cross_entropy(probabilities, data.val.labels)
+    loss = validation_loss(probabilities, data)
     predictions = np.argmax(probabilities, axis=1)
     return validation_summary(loss, data.val.labels, predictions, ctx.class_names)
 

@@ -128,10 +128,11 @@ def evaluate(
     dev: torch.device,
     cache: TorchStudyCache | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Unweighted mean cross-entropy and predicted labels on ``split`` (the validation split
-    served by ``cache`` when given)."""
+    """The loss and predicted labels on ``split`` (the validation split served by ``cache`` when
+    given): the monitored validation loss on the validation split
+    (``TrainingData.validation_loss``), the unweighted mean cross-entropy on another."""
     model.eval()
-    total, predictions = 0.0, []
+    losses, predictions = [], []
     if cache is not None and split is data.val:
         batches = cache.validation_logits()
     else:
@@ -141,9 +142,11 @@ def evaluate(
         )
     for logits, labels in batches:
         target = torch.from_numpy(labels).to(dev)
-        total += float(F.cross_entropy(logits, target, reduction="sum"))
+        losses.append(F.cross_entropy(logits, target, reduction="none").cpu().numpy())
         predictions.append(logits.argmax(dim=1).cpu().numpy())
-    return total / len(split.labels), np.concatenate(predictions)
+    per_sample = np.concatenate(losses)
+    loss = data.validation_loss(per_sample) if split is data.val else float(per_sample.mean())
+    return loss, np.concatenate(predictions)
 
 
 def backbone_layers(model: TorchClassifier) -> Layers:

@@ -14,6 +14,7 @@ from benchmarks.study.data.balance import (
     minority_mask,
     sampling_shares,
     stratified_epoch,
+    validation_loss,
     weights_for_shares,
 )
 
@@ -131,3 +132,32 @@ def test_bad_values_are_rejected_with_the_value():
     with pytest.raises(ValueError, match=r"balance must be one of .*'tempered'.*got 'square'"):
         balance_plan("square", np.array([0, 1]), 2)
     assert BALANCE_MODES[0] == "tempered"
+
+
+def test_balanced_validation_loss_is_the_mean_of_the_class_means():
+    labels = np.array([0, 0, 0, 1, 2])
+    losses = np.array([0.1, 0.2, 0.3, 2.0, 1.0])
+    # class means 0.2, 2.0 and 1.0; the plain mean is dominated by class 0
+    assert validation_loss(losses, labels, 4, "balanced") == pytest.approx((0.2 + 2.0 + 1.0) / 3)
+    assert validation_loss(losses, labels, 4, "plain") == pytest.approx(0.72)
+
+
+@given(class_counts, st.integers(0, 2**31 - 1))
+def test_balanced_validation_loss_ranks_the_majority_leaning_model_worse(counts, seed):
+    """A model right on the majority class only beats one right on every class in the plain
+    mean, never in the balanced one: the collapse the plain monitor rewarded."""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    majority = int(np.argmax(counts))
+    rng = np.random.default_rng(seed)
+    fair = rng.uniform(0.4, 0.6, len(labels))
+    leaning = np.where(labels == majority, 0.05, 3.0)
+    assert validation_loss(fair, labels, len(counts), "balanced") < validation_loss(
+        leaning, labels, len(counts), "balanced"
+    )
+
+
+def test_validation_loss_rejects_a_bad_mode_and_mismatched_lengths():
+    with pytest.raises(ValueError, match="'mean'"):
+        validation_loss(np.zeros(2), np.array([0, 1]), 2, "mean")
+    with pytest.raises(ValueError, match="3 losses for 2 labels"):
+        validation_loss(np.zeros(3), np.array([0, 1]), 2, "plain")
