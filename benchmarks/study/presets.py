@@ -43,7 +43,7 @@ SHARED_FILES = {
 EVIDENCE_SEEDS = (0, 1, 2, 3, 4)
 # Sized for a few hours on a 2-core CPU (docs/benchmarks.md): 5 seeds x 6 strategies plus
 # 2 sweep trials per strategy (4 for two_stage and dynamic_tuned), per data set, at 12 epochs.
-EVIDENCE_SWEEP = {"lr": (3e-4, 1e-3), "unfrozen_lr_ratio": (0.1, 1.0)}
+EVIDENCE_SWEEP = {"lr": (1e-4, 1e-3), "unfrozen_lr_ratio": (0.1, 1.0)}
 EVIDENCE_EPOCHS = 12
 EVIDENCE_PATIENCE = 2
 
