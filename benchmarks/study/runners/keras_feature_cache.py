@@ -5,8 +5,8 @@
 stopping, the timeline and ``DynamicFineTuning`` read it. With ``--feature-cache auto`` it
 applies the rest of the model to the features of the frozen part, computed once per trainable
 set; with ``off`` it predicts on the images. Both compute the loss with :func:`validation_loss`,
-so the two settings decide alike. Training batches go through ``fit`` in full: ``fit`` trains
-one model, while the cache's trainable rest is a new model after every unfreeze.
+so the two settings decide alike. Training batches are served only to the strategies whose cut
+is fixed (``benchmarks.study.runners.keras_training_cache``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,7 @@ import keras
 import numpy as np
 
 from benchmarks.study.data.batches import TrainingData
-from benchmarks.study.runners.feature_cache_runs import (
-    CacheFigures,
-    split_limits,
-    warn_uncacheable,
-)
+from benchmarks.study.runners.feature_cache_runs import CacheFigures, warn_uncacheable
 from benchmarks.study.runners.keras_batches import EvalBatches
 
 
@@ -57,7 +53,10 @@ class EpochValidation(keras.callbacks.Callback):
         tuner: The ``DynamicFineTuning`` callback or :func:`fixed_depth_callback`; the cache
             follows its trainable set.
         num_groups: Groups of ``tuner``.
-        max_gb: ``--feature-cache-max-gb`` (``None``: the default).
+        max_bytes: Memory limit of the validation features (its share of
+            ``--feature-cache-max-gb``).
+        others: Further caches of the run whose figures are recorded with the validation
+            cache's after every epoch, and closed with it (by name, e.g. ``"training"``).
     """
 
     def __init__(
@@ -68,21 +67,22 @@ class EpochValidation(keras.callbacks.Callback):
         mode: str,
         tuner: Any,
         num_groups: int,
-        max_gb: float | None,
+        max_bytes: int,
+        others: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.full_model, self.val, self.data = model, val, data
         self.figures = CacheFigures(mode)
         self.cache = None
+        self.others = dict(others or {})
         scheduler = getattr(tuner, "scheduler", None)
         always_trained = scheduler is not None and scheduler.num_unfrozen == num_groups
         if mode == "auto" and not always_trained:
             from dynft_keras import FeatureCache
             from dynft_keras.frozen_prefix import CutError
 
-            limit = split_limits(max_gb, {"validation": len(data.val.labels)})["validation"]
             try:
-                self.cache = FeatureCache(tuner, val, model=model, max_bytes=limit)
+                self.cache = FeatureCache(tuner, val, model=model, max_bytes=max_bytes)
             except CutError as error:
                 warn_uncacheable(error)
 
@@ -97,9 +97,13 @@ class EpochValidation(keras.callbacks.Callback):
         if logs is None:
             raise RuntimeError("EpochValidation needs the epoch logs to report val_loss in")
         logs["val_loss"] = validation_loss(self.probabilities(), self.data)
+        caches = {name: cache.stats for name, cache in self.others.items()}
         if self.cache is not None:
-            self.figures.observe({"validation": self.cache.stats})
+            caches["validation"] = self.cache.stats
+        if caches:
+            self.figures.observe(caches)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.cache is not None:
-            self.cache.close()
+        for cache in [self.cache, *self.others.values()]:
+            if cache is not None:
+                cache.close()

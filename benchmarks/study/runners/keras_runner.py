@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -29,6 +30,7 @@ from benchmarks.study.runners.keras_feature_cache import (
     fixed_depth_callback,
     validation_loss,
 )
+from benchmarks.study.runners.keras_training_cache import cache_limits, open_served_training
 from benchmarks.study.runners.records import (
     Outcome,
     RunContext,
@@ -109,17 +111,44 @@ def _set_top_trainable(base: keras.Model, top_n: int) -> None:
         layer.trainable = position >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-Validation = Callable[[Any, int], EpochValidation]
+Validation = Callable[[Any, int, bool, dict[str, Any]], EpochValidation]
+
+
+@dataclass
+class _Fit:
+    """What ``model.fit`` runs for one strategy: the model it trains, on which batches, with
+    which callbacks, and how the outcome is read afterwards."""
+
+    model: keras.Model
+    batches: keras.utils.PyDataset
+    callbacks: list[keras.callbacks.Callback]
+    outcome: Callable[[], Outcome]
 
 
 def _fixed_depth_fit(
-    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm, validation: Validation
-) -> tuple[list[keras.callbacks.Callback], Callable[[], Outcome]]:
+    cfg: StudyConfig,
+    ctx: RunContext,
+    model: keras.Model,
+    base: keras.Model,
+    data: TrainingData,
+    bar: tqdm,
+    validation: Validation,
+) -> _Fit:
     spec = get_backbone(ctx.backbone)
     top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
     depth = fixed_depth(ctx.strategy, top_n, len(base.layers))
     _set_top_trainable(base, depth)
-    validator = validation(fixed_depth_callback(base, depth), len(base.layers))
+    tuner = fixed_depth_callback(base, depth)
+    served = (
+        open_served_training(model, tuner, data, spec.preprocess, cfg.feature_cache_max_gb)
+        if cfg.feature_cache == "auto" and depth < len(base.layers)
+        else None
+    )
+    if served is None:
+        fit_model, batches, others = model, TrainBatches(data, spec.preprocess), {}
+    else:
+        fit_model, batches, others = served.cache.model, served, {"training": served.cache}
+    validator = validation(tuner, len(base.layers), served is not None, others)
     stopper = FixedDepthStopping(cfg.patience, cfg.epochs)
     recorder = TimelineRecorder(bar, lambda: depth)
 
@@ -128,18 +157,24 @@ def _fixed_depth_fit(
         best = stopper.stopper.best_epoch
         return Outcome(recorder.timeline, best, [], top_n=depth, feature_cache=figures)
 
-    return [validator, stopper, recorder], outcome
+    return _Fit(fit_model, batches, [validator, stopper, recorder], outcome)
 
 
 def _staged_fit(
-    cfg: StudyConfig, ctx: RunContext, base: keras.Model, bar: tqdm, validation: Validation
-) -> tuple[list[keras.callbacks.Callback], Callable[[], Outcome]]:
+    cfg: StudyConfig,
+    ctx: RunContext,
+    model: keras.Model,
+    base: keras.Model,
+    data: TrainingData,
+    bar: tqdm,
+    validation: Validation,
+) -> _Fit:
     from dynft_keras import DynamicFineTuning, resolve_groups
 
     plan = staged_plan(ctx.strategy, cfg)
     groups = plan.groups(resolve_groups(base, "layers"))
     tuner = DynamicFineTuning(backbone=base, groups=groups, verbose=0, **plan.options)
-    validator = validation(tuner, len(groups))
+    validator = validation(tuner, len(groups), False, {})
     recorder = TimelineRecorder(bar, lambda: tuner.scheduler.num_unfrozen)
 
     def outcome() -> Outcome:
@@ -154,7 +189,8 @@ def _staged_fit(
             feature_cache=figures,
         )
 
-    return [validator, recorder, tuner], outcome
+    batches = TrainBatches(data, get_backbone(ctx.backbone).preprocess)
+    return _Fit(model, batches, [validator, recorder, tuner], outcome)
 
 
 def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:
@@ -168,22 +204,25 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
     spec = get_backbone(ctx.backbone)
     start = time.perf_counter()
     model, base, weights_used = build_model(ctx, cfg.weights)
-    train_batches = TrainBatches(data, spec.preprocess)
     val = EvalBatches(data, data.val, spec.preprocess)
 
-    def validation(tuner: Any, num_groups: int) -> EpochValidation:
+    def validation(
+        tuner: Any, num_groups: int, training_served: bool, others: dict[str, Any]
+    ) -> EpochValidation:
+        limit = cache_limits(data, cfg.feature_cache_max_gb, training_served)["validation"]
         return EpochValidation(
-            model, val, data, cfg.feature_cache, tuner, num_groups, cfg.feature_cache_max_gb
+            model, val, data, cfg.feature_cache, tuner, num_groups, limit, others
         )
 
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         setup = _fixed_depth_fit if ctx.strategy in FIXED_DEPTH else _staged_fit
-        callbacks, outcome = setup(cfg, ctx, base, bar, validation)
-        model.compile(
+        fit = setup(cfg, ctx, model, base, data, bar, validation)
+        # the rest model of a served run shares every weight with model, which is returned
+        fit.model.compile(
             optimizer=keras.optimizers.Adam(cfg.lr), loss="sparse_categorical_crossentropy"
         )
-        model.fit(train_batches, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
-    return model, outcome(), weights_used, time.perf_counter() - start
+        fit.model.fit(fit.batches, epochs=cfg.epochs, callbacks=fit.callbacks, verbose=0)
+    return model, fit.outcome(), weights_used, time.perf_counter() - start
 
 
 def _probabilities(model: keras.Model, ctx: RunContext, data: TrainingData, split: Any) -> Any:

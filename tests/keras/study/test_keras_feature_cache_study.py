@@ -1,7 +1,9 @@
 """The Keras runner with the feature cache equals the runner without it, on every backend.
 
 Same seed, ``feature_cache="auto"`` vs ``"off"`` on a tiny base: the cache serves the
-validation pass (the same batches, through the rest of the model after the cut), so the
+validation pass (the same batches, through the rest of the model after the cut) and, for the
+strategies whose cut is fixed, the training batches (``fit`` trains the rest model on features;
+the minority samples are augmented and take the frozen part computed on the spot), so the
 timeline, the unfreeze events, the best epoch and every final weight must be equal bit for bit,
 and the frozen layers must keep the weights they started with.
 """
@@ -70,7 +72,11 @@ def test_a_run_is_identical_with_the_cache(tmp_path, strategy):
     assert figures["feature_cache"] == "auto" and plain.feature_cache["feature_cache"] == "off"
     validation = figures["feature_cache_detail"]["validation"]
     assert validation["hits"] > 0 and figures["cache_size_mb"] > 0
+    if strategy != "dynamic":  # served every epoch from one build: the cut never moves
+        training = figures["feature_cache_detail"]["training"]
+        assert training["builds"] == 1 and training["hits"] >= (len(cached.timeline) - 1)
     if strategy == "dynamic":
+        assert "training" not in figures["feature_cache_detail"]
         assert cached.unfreeze_events, "patience 1 at a rate of 0.05 unfreezes within 5 epochs"
         trainable_sets = len({entry["num_unfrozen"] for entry in cached.timeline})
         assert validation["builds"] >= min(trainable_sets, 2)
