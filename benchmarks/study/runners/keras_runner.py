@@ -115,6 +115,18 @@ Validation = Callable[[Any, int, bool, dict[str, Any]], EpochValidation]
 
 
 @dataclass
+class _Run:
+    """What a strategy's setup builds on: the whole model, its base, the batches, the progress
+    bar and the validation callback's maker."""
+
+    model: keras.Model
+    base: keras.Model
+    data: TrainingData
+    bar: tqdm
+    validation: Validation
+
+
+@dataclass
 class _Fit:
     """What ``model.fit`` runs for one strategy: the model it trains, on which batches, with
     which callbacks, and how the outcome is read afterwards."""
@@ -125,15 +137,8 @@ class _Fit:
     outcome: Callable[[], Outcome]
 
 
-def _fixed_depth_fit(
-    cfg: StudyConfig,
-    ctx: RunContext,
-    model: keras.Model,
-    base: keras.Model,
-    data: TrainingData,
-    bar: tqdm,
-    validation: Validation,
-) -> _Fit:
+def _fixed_depth_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
+    model, base, data = run.model, run.base, run.data
     spec = get_backbone(ctx.backbone)
     top_n = cfg.top_n_for(ctx.backbone, spec.top_n, len(base.layers), "layers of the Keras")
     depth = fixed_depth(ctx.strategy, top_n, len(base.layers))
@@ -148,9 +153,9 @@ def _fixed_depth_fit(
         fit_model, batches, others = model, TrainBatches(data, spec.preprocess), {}
     else:
         fit_model, batches, others = served.cache.model, served, {"training": served.cache}
-    validator = validation(tuner, len(base.layers), served is not None, others)
+    validator = run.validation(tuner, len(base.layers), served is not None, others)
     stopper = FixedDepthStopping(cfg.patience, cfg.epochs)
-    recorder = TimelineRecorder(bar, lambda: depth)
+    recorder = TimelineRecorder(run.bar, lambda: depth)
 
     def outcome() -> Outcome:
         figures = validator.figures.record()
@@ -160,22 +165,15 @@ def _fixed_depth_fit(
     return _Fit(fit_model, batches, [validator, stopper, recorder], outcome)
 
 
-def _staged_fit(
-    cfg: StudyConfig,
-    ctx: RunContext,
-    model: keras.Model,
-    base: keras.Model,
-    data: TrainingData,
-    bar: tqdm,
-    validation: Validation,
-) -> _Fit:
+def _staged_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
+    base = run.base
     from dynft_keras import DynamicFineTuning, resolve_groups
 
     plan = staged_plan(ctx.strategy, cfg)
     groups = plan.groups(resolve_groups(base, "layers"))
     tuner = DynamicFineTuning(backbone=base, groups=groups, verbose=0, **plan.options)
-    validator = validation(tuner, len(groups), False, {})
-    recorder = TimelineRecorder(bar, lambda: tuner.scheduler.num_unfrozen)
+    validator = run.validation(tuner, len(groups), False, {})
+    recorder = TimelineRecorder(run.bar, lambda: tuner.scheduler.num_unfrozen)
 
     def outcome() -> Outcome:
         scheduler = tuner.scheduler
@@ -189,8 +187,8 @@ def _staged_fit(
             feature_cache=figures,
         )
 
-    batches = TrainBatches(data, get_backbone(ctx.backbone).preprocess)
-    return _Fit(model, batches, [validator, recorder, tuner], outcome)
+    batches = TrainBatches(run.data, get_backbone(ctx.backbone).preprocess)
+    return _Fit(run.model, batches, [validator, recorder, tuner], outcome)
 
 
 def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:
@@ -216,7 +214,7 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
 
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         setup = _fixed_depth_fit if ctx.strategy in FIXED_DEPTH else _staged_fit
-        fit = setup(cfg, ctx, model, base, data, bar, validation)
+        fit = setup(cfg, ctx, _Run(model, base, data, bar, validation))
         # the rest model of a served run shares every weight with model, which is returned
         fit.model.compile(
             optimizer=keras.optimizers.Adam(cfg.lr), loss="sparse_categorical_crossentropy"
