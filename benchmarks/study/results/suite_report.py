@@ -75,7 +75,8 @@ def _part_section(part: dict[str, Any], document: dict[str, Any] | None) -> list
     lines += [
         f"{meta['data']} · {meta['framework']} {', '.join(meta['backbones'])} · "
         f"{meta['image_size']} px · {meta['epochs']} epochs · seeds {meta['seeds']} · "
-        f"balance {meta['config']['balance']}. Full report: [{part['out']}/report.md]"
+        f"balance {meta['config']['balance']} · validation loss "
+        f"{meta['config'].get('val_loss', 'plain')}. Full report: [{part['out']}/report.md]"
         f"({part['out']}/report.md); timelines: [{part['out']}/figures/]"
         f"({part['out']}/figures/).",
         "",

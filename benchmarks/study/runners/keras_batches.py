@@ -32,7 +32,7 @@ class TrainBatches(keras.utils.PyDataset):
 
 
 class EvalBatches(keras.utils.PyDataset):
-    """Un-augmented batches of one split, in order (validation loss is unweighted)."""
+    """Un-augmented batches of one split, in order."""
 
     def __init__(self, data: TrainingData, split: SplitArrays, preprocess: Preprocess) -> None:
         super().__init__()

@@ -46,7 +46,8 @@ class EpochValidation(keras.callbacks.Callback):
     """Sets ``logs["val_loss"]`` at the end of every epoch, through the cache or not.
 
     Args:
-        model: The model being fit.
+        model: The whole model (in a run with served training batches, ``fit`` trains its
+            rest model, which shares its weights).
         val: The validation batches.
         data: The run's batches (the validation labels and loss mode are read).
         mode: ``"auto"`` (serve the frozen part from a cache) or ``"off"``.

@@ -111,7 +111,7 @@ def _set_top_trainable(base: keras.Model, top_n: int) -> None:
         layer.trainable = position >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-Validation = Callable[[Any, int, bool, dict[str, Any]], EpochValidation]
+Validation = Callable[[Any, int, int, dict[str, Any]], EpochValidation]
 
 
 @dataclass
@@ -144,16 +144,18 @@ def _fixed_depth_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
     depth = fixed_depth(ctx.strategy, top_n, len(base.layers))
     _set_top_trainable(base, depth)
     tuner = fixed_depth_callback(base, depth)
+    serve = cfg.feature_cache == "auto" and depth < len(base.layers)
+    limits = cache_limits(data, cfg.feature_cache_max_gb, serve)
     served = (
-        open_served_training(model, tuner, data, spec.preprocess, cfg.feature_cache_max_gb)
-        if cfg.feature_cache == "auto" and depth < len(base.layers)
+        open_served_training(model, tuner, data, spec.preprocess, limits["training"])
+        if serve
         else None
     )
     if served is None:
         fit_model, batches, others = model, TrainBatches(data, spec.preprocess), {}
     else:
         fit_model, batches, others = served.cache.model, served, {"training": served.cache}
-    validator = run.validation(tuner, len(base.layers), served is not None, others)
+    validator = run.validation(tuner, len(base.layers), limits["validation"], others)
     stopper = FixedDepthStopping(cfg.patience, cfg.epochs)
     recorder = TimelineRecorder(run.bar, lambda: depth)
 
@@ -172,7 +174,8 @@ def _staged_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
     plan = staged_plan(ctx.strategy, cfg)
     groups = plan.groups(resolve_groups(base, "layers"))
     tuner = DynamicFineTuning(backbone=base, groups=groups, verbose=0, **plan.options)
-    validator = run.validation(tuner, len(groups), False, {})
+    limits = cache_limits(run.data, cfg.feature_cache_max_gb, False)
+    validator = run.validation(tuner, len(groups), limits["validation"], {})
     recorder = TimelineRecorder(run.bar, lambda: tuner.scheduler.num_unfrozen)
 
     def outcome() -> Outcome:
@@ -205,9 +208,8 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
     val = EvalBatches(data, data.val, spec.preprocess)
 
     def validation(
-        tuner: Any, num_groups: int, training_served: bool, others: dict[str, Any]
+        tuner: Any, num_groups: int, limit: int, others: dict[str, Any]
     ) -> EpochValidation:
-        limit = cache_limits(data, cfg.feature_cache_max_gb, training_served)["validation"]
         return EpochValidation(
             model, val, data, cfg.feature_cache, tuner, num_groups, limit, others
         )

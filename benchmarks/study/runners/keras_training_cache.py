@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from benchmarks.study.data.batches import TrainingData
-from benchmarks.study.runners.feature_cache_runs import split_limits, warn_uncacheable
+from benchmarks.study.runners.feature_cache_runs import split_limits
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
@@ -69,7 +69,10 @@ class ServedTrainBatches(keras.utils.PyDataset):
     The same sampler, augmentation and weights as ``TrainBatches`` (``TrainingData`` is drawn
     from in the same order), for the cache's :attr:`~dynft_keras.FeatureCache.model`. Served
     rows come from the table; augmented samples, the epoch's short last batch, and every batch
-    when the features were over the memory limit take the frozen part computed now.
+    when the features were over the memory limit take the frozen part computed now. The frozen
+    part runs as its own function (``predict_on_batch`` of the prefix), the augmented rows in a
+    batch of their own count: on a real backbone CPU kernels may round a sample differently
+    from the plain run's training step (see docs/study.md, *Exactness*).
 
     Args:
         data: The run's batches.
@@ -88,6 +91,8 @@ class ServedTrainBatches(keras.utils.PyDataset):
         self.table = self._gather()
 
     def _gather(self) -> _Table | None:
+        if self.cache.stats.fallback is not None:  # over its limit: computed every batch
+            return None
         rows: np.ndarray | None = None
         row_of = np.full(len(self.data.train.labels), -1)
         filled = 0
@@ -127,11 +132,13 @@ class ServedTrainBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.plan = self.data.epoch_plan()
+        self.table = None  # the stored features and one table, never two
         self.table = self._gather()
 
 
 def cache_limits(data: TrainingData, max_gb: float | None, training_served: bool) -> dict[str, int]:
-    """The byte limits of a run's caches: ``--feature-cache-max-gb`` shared by image count."""
+    """The byte limits of a run's caches: ``--feature-cache-max-gb`` (default: half the memory
+    available now) shared by image count; resolve them before building any cache."""
     images = {"validation": len(data.val.labels)}
     if training_served:  # the training features are gathered into a table: a second copy
         images["training"] = 2 * int(np.sum(~data.augmented(data.train.labels)))
@@ -143,18 +150,19 @@ def open_served_training(
     tuner: object,
     data: TrainingData,
     preprocess: Preprocess,
-    max_gb: float | None,
+    max_bytes: int,
 ) -> ServedTrainBatches | None:
     """Served training batches for a run whose cut is fixed; ``None`` when every training
-    sample is augmented, or when the model cannot be cut (one warning): the run then trains on
-    the images.
+    sample is augmented, or when the model cannot be cut (the validation cache, which meets the
+    same cut, says so): the run then trains on the images.
 
     Args:
         model: The whole model.
         tuner: What the cache reads of the fixed trainable set (``fixed_depth_callback``).
         data: The run's batches.
         preprocess: The backbone's input preprocessing.
-        max_gb: ``--feature-cache-max-gb`` (``None``: the default).
+        max_bytes: Memory limit of the training features (their share, see
+            :func:`cache_limits`).
     """
     from dynft_keras import FeatureCache
     from dynft_keras.frozen_prefix import CutError
@@ -162,11 +170,9 @@ def open_served_training(
     batches = plain_training_batches(data, preprocess)
     if not len(batches.positions):
         return None
-    limit = cache_limits(data, max_gb, True)["training"]
     try:
-        cache = FeatureCache(tuner, batches, model=model, max_bytes=limit)
-    except CutError as error:
-        warn_uncacheable(error)
+        cache = FeatureCache(tuner, batches, model=model, max_bytes=max_bytes)
+    except CutError:
         return None
     if cache.cut is None:
         cache.close()

@@ -145,6 +145,7 @@ class TorchStudyCache:
 
     def begin_epoch(self) -> None:
         """Gather this trainable set's training features (before the epoch's first batch)."""
+        self._table = None  # the stored features and one table, never two
         self._table = self._gather()
 
     def _gather(self) -> _Table | None:

@@ -10,6 +10,7 @@ and the frozen layers must keep the weights they started with.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import keras
@@ -42,14 +43,14 @@ def tiny() -> None:
     keras_backbones.register_backbone(spec, replace=True)
 
 
-def _train(strategy: str, tmp_path: Path, mode: str):
+def _train(strategy: str, tmp_path: Path, mode: str, **settings):
     dataset = make_phantom(84, 32, seed=0)
     data = make_training_data(
         dataset.images, dataset.labels, split_dataset(dataset, 0), 32, 7, 16, seed=0
     )
     cfg = StudyConfig(
         framework="keras", weights="none", epochs=5, patience=1, lr=0.05, step=1,
-        feature_cache=mode,
+        feature_cache=mode, **settings,
     )  # fmt: skip
     ctx = RunContext(TINY, strategy, 0, "phantom", True, list(CLASS_NAMES), 32, tmp_path)
     keras.utils.set_random_seed(0)  # the runner seeds the same way before building
@@ -97,3 +98,19 @@ def test_a_run_is_identical_with_the_cache(tmp_path, strategy):
             strict=True,
         ):
             np.testing.assert_array_equal(before, after)
+
+
+def test_over_the_memory_limit_served_training_recomputes_with_the_same_result(tmp_path):
+    _, plain_model, _, plain = _train("linear_probe", tmp_path, "off")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, model, _, cached = _train("linear_probe", tmp_path, "auto", feature_cache_max_gb=1e-9)
+    assert cached.timeline == plain.timeline and cached.best_epoch == plain.best_epoch
+    for first, second in zip(plain_model.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(first, second)
+    messages = [str(w.message) for w in caught if "over the limit" in str(w.message)]
+    assert len(messages) == 2  # one per cache: validation and training
+    detail = cached.feature_cache["feature_cache_detail"]
+    assert set(detail) == {"validation", "training"}
+    assert all("over the limit" in stats["fallback"] for stats in detail.values())
+    assert cached.feature_cache["cache_size_mb"] == 0.0
