@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--balance",
         choices=BALANCE_MODES,
         help="class-imbalance handling: tempered (default: sqrt-frequency batches + Eq. 14 "
-        "on the sampled shares), sampler, weights, both (the two compounded), none",
+        "on the sampled shares), sqrt (that sampler alone: half a correction), sampler, weights, "
+        "both (the two compounded), none",
     )
     add(
         "--val-loss",

@@ -14,6 +14,8 @@ images (unlike natural shuffling) without equalising the classes, and the weight
 Modes (:data:`BALANCE_MODES`), by the share of the training objective each class ends up with:
 
 * ``tempered`` (default): sqrt-frequency sampler + Eq. 14 on the sampled shares -> ``1 / C``.
+* ``sqrt``: the sqrt-frequency sampler alone, unweighted loss -> ``∝ sqrt(n_i)`` (half a
+  correction: minority images in every batch, the classes not equalised).
 * ``sampler``: class-balanced sampler, unweighted loss -> ``1 / C``.
 * ``weights``: natural shuffled epochs, Eq. 14 weights -> ``1 / C``.
 * ``both``: class-balanced sampler *and* Eq. 14 on the natural counts -> ``∝ 1 / n_i``
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BALANCE_MODES = ("tempered", "sampler", "weights", "both", "none")
+BALANCE_MODES = ("tempered", "sqrt", "sampler", "weights", "both", "none")
 # How the monitored validation loss averages its per-sample losses (see validation_loss).
 VAL_LOSS_MODES = ("balanced", "plain")
 DEFAULT_VAL_LOSS = "balanced"
@@ -183,8 +185,9 @@ def balance_plan(mode: str, labels: np.ndarray, num_classes: int) -> BalancePlan
     natural = np.bincount(labels, minlength=num_classes) / len(labels)
     shares: np.ndarray | None = None
     weights = np.ones(num_classes)
-    if mode == "tempered":
+    if mode in ("tempered", "sqrt"):
         shares = sampling_shares(labels, num_classes, TEMPERING)
+    if mode == "tempered":
         weights = weights_for_shares(shares, num_classes)
     elif mode in ("sampler", "both"):
         shares = sampling_shares(labels, num_classes, 0.0)

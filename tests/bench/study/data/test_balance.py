@@ -72,6 +72,16 @@ def test_both_compounds_the_corrections_and_none_applies_none(counts):
     np.testing.assert_allclose(none, np.asarray(counts) / sum(counts), rtol=1e-6)
 
 
+@given(class_counts)
+def test_sqrt_applies_half_a_correction_with_the_tempered_batches(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    plan = balance_plan("sqrt", labels, len(counts))
+    root = np.sqrt(np.asarray(counts, dtype=float))
+    np.testing.assert_allclose(plan.objective_shares, root / root.sum(), rtol=1e-5)
+    np.testing.assert_array_equal(plan.weights, 1.0)
+    np.testing.assert_allclose(plan.shares, balance_plan("tempered", labels, len(counts)).shares)
+
+
 @given(class_counts, st.integers(0, 2**32 - 1))
 def test_stratified_epoch_has_the_exact_composition_evenly_spaced(counts, seed):
     labels = np.repeat(np.arange(len(counts)), counts)
