@@ -10,7 +10,15 @@ import pytest
 from dynft_keras import DynamicFineTuning, FeatureCache
 from dynft_keras.freezing import apply_trainable
 from dynft_keras.frozen_prefix import CutError
-from keras_helpers import IMAGE, NUM_CLASSES, ScriptedMonitor, tiny_data, tiny_model, weights_of
+from keras_helpers import (
+    IMAGE,
+    NUM_CLASSES,
+    ScriptedMonitor,
+    assert_split_equal,
+    tiny_data,
+    tiny_model,
+    weights_of,
+)
 
 L = keras.layers
 
@@ -57,7 +65,7 @@ class CompareEveryEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         expected = concat_predictions(self.model, self.data)
         for _ in range(2):
-            np.testing.assert_array_equal(self.cache.predict(), expected)
+            assert_split_equal(self.cache.predict(), expected)
         self.cuts.append(self.cache.cut)
 
 
@@ -151,7 +159,7 @@ def test_over_the_limit_it_recomputes_exactly_with_one_warning():
         warnings.simplefilter("always")
         cache = FeatureCache(cb, data, model=model, max_bytes=100)
         for _ in range(3):
-            np.testing.assert_array_equal(cache.predict(), expected)
+            assert_split_equal(cache.predict(), expected)
     assert sum("over the limit" in str(w.message) for w in caught) == 1
     assert cache.stats.hits == 0 and cache.stats.size_bytes == 0
 
@@ -166,9 +174,9 @@ def test_float16_and_memory_mapped_storage(tmp_path):
     np.testing.assert_array_equal(first, second)
     assert np.max(np.abs(second - expected)) < 1e-2
     mapped = FeatureCache(cb, data, model=model, directory=tmp_path)
-    np.testing.assert_array_equal(mapped.predict(), expected)
+    assert_split_equal(mapped.predict(), expected)
     assert len(list(tmp_path.iterdir())) == 1
-    np.testing.assert_array_equal(mapped.predict(), expected)
+    assert_split_equal(mapped.predict(), expected)
     feature_bytes, label_bytes = 24 * IMAGE * IMAGE * 4 * 4, 24 * NUM_CLASSES * 4
     assert mapped.stats.size_bytes == feature_bytes + label_bytes
     assert half.stats.size_bytes == feature_bytes // 2 + label_bytes
@@ -185,7 +193,7 @@ def test_a_frozen_weight_changed_from_outside_rebuilds():
     cache.predict()
     kernel = backbone.get_layer("conv1").kernel
     kernel.assign(kernel * 2.0)
-    np.testing.assert_array_equal(cache.predict(), concat_predictions(model, data))
+    assert_split_equal(cache.predict(), concat_predictions(model, data))
     assert cache.stats.builds == 2
 
 
@@ -303,7 +311,7 @@ def test_a_sequential_model_and_a_py_dataset():
     cache = FeatureCache(cb, _Batches(data), model=model)
     assert cache.cut == "relu2"
     for _ in range(2):
-        np.testing.assert_array_equal(cache.predict(), concat_predictions(model, data))
+        assert_split_equal(cache.predict(), concat_predictions(model, data))
     assert cache.stats.hits == 3
 
 
@@ -322,4 +330,4 @@ def test_a_backbone_given_as_layer_names_is_looked_up_in_the_model_before_fit():
     model, _ = residual_model()
     by_names = DynamicFineTuning(["backbone"], patience=1, max_epochs=2, verbose=0)
     cache = FeatureCache(by_names, batches(), model=model)
-    np.testing.assert_array_equal(cache.predict(), concat_predictions(model, batches()))
+    assert_split_equal(cache.predict(), concat_predictions(model, batches()))
