@@ -10,8 +10,10 @@ starts) is shared by the run's caches in proportion to the images each holds.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import numpy as np
 
 from dynft_core.feature_cache import FeatureCacheStats, resolve_limit
 
@@ -32,6 +34,25 @@ def split_limits(max_gb: float | None, images: Mapping[str, int]) -> dict[str, i
     total = resolve_limit(None, max_gb)
     count = sum(images.values())
     return {name: max(1, total * size // max(count, 1)) for name, size in images.items()}
+
+
+def padded_batches(
+    positions: np.ndarray, batch_size: int, pad: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(positions to load, positions to report)`` per batch of ``positions``, in order.
+
+    With ``pad`` the last batch is filled up to ``batch_size`` with copies of its first sample,
+    reported at position -1: CPU kernels may pick their algorithm by batch size, so features
+    computed in a batch of the training batch size equal those of a plain training batch bit
+    for bit.
+    """
+    for start in range(0, len(positions), batch_size):
+        chosen = positions[start : start + batch_size]
+        missing = batch_size - len(chosen) if pad else 0
+        yield (
+            np.concatenate([chosen, chosen[:1].repeat(missing)]),
+            np.concatenate([chosen, np.full(missing, -1, dtype=chosen.dtype)]),
+        )
 
 
 def warn_uncacheable(error: Exception) -> None:

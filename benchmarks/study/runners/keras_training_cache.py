@@ -21,16 +21,14 @@ import keras
 import numpy as np
 
 from benchmarks.study.data.batches import TrainingData
-from benchmarks.study.runners.feature_cache_runs import split_limits
+from benchmarks.study.runners.feature_cache_runs import padded_batches, split_limits
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
 
 class _PlainTrainingBatches:
     """Re-iterable ``(preprocessed images, sample positions)`` of the never-augmented training
-    samples, in order; the last batch is filled up to the batch size with copies of its first
-    sample at position -1, so that every feature is computed in a batch of the training batch
-    size, as the plain training batches compute theirs."""
+    samples, in order, the last batch padded (:func:`padded_batches`)."""
 
     def __init__(self, data: TrainingData, preprocess: Preprocess, positions: np.ndarray) -> None:
         self.data, self.preprocess, self.positions = data, preprocess, positions
@@ -39,15 +37,8 @@ class _PlainTrainingBatches:
         return -(-len(self.positions) // self.data.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        size = self.data.batch_size
-        for start in range(0, len(self.positions), size):
-            chosen = self.positions[start : start + size]
-            missing = size - len(chosen)
-            images = self.data.plain_train_images(
-                np.concatenate([chosen, chosen[:1].repeat(missing)])
-            )
-            marked = np.concatenate([chosen, np.full(missing, -1, dtype=chosen.dtype)])
-            yield self.preprocess(images), marked
+        for loaded, marked in padded_batches(self.positions, self.data.batch_size):
+            yield self.preprocess(self.data.plain_train_images(loaded)), marked
 
 
 @dataclass
@@ -100,7 +91,7 @@ class ServedTrainBatches(keras.utils.PyDataset):
             if self.cache.stats.fallback is not None:  # over its limit: computed every batch
                 return None
             if rows is None:
-                count = int(np.sum(~self.data.augmented(self.data.train.labels)))
+                count = len(self.cache.data.positions)
                 rows = np.empty((count, *features.shape[1:]), features.dtype)
             real = positions >= 0
             kept = int(real.sum())

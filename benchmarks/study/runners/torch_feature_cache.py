@@ -23,6 +23,7 @@ import torch
 from benchmarks.study.data.batches import TrainingData, to_rgb_float
 from benchmarks.study.runners.feature_cache_runs import (
     CacheFigures,
+    padded_batches,
     split_limits,
     warn_uncacheable,
 )
@@ -33,10 +34,7 @@ ToInput = Callable[[np.ndarray], torch.Tensor]
 class _Batches:
     """Re-iterable ``(model input, sample positions)`` batches of chosen samples, in order.
 
-    With ``pad`` a short last batch is filled up to ``batch_size`` with copies of its first
-    sample, at position -1: CPU kernels may pick their algorithm by batch size, so features
-    computed in a batch of the training batch size equal those of a plain training batch bit
-    for bit, whatever the other samples are.
+    With ``pad`` the short last batch is padded (see ``padded_batches``).
     """
 
     def __init__(
@@ -54,12 +52,8 @@ class _Batches:
         return -(-len(self.positions) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self.positions), self.batch_size):
-            chosen = self.positions[start : start + self.batch_size]
-            missing = self.batch_size - len(chosen) if self.pad else 0
-            images = self.images_of(np.concatenate([chosen, chosen[:1].repeat(missing)]))
-            marked = np.concatenate([chosen, np.full(missing, -1, dtype=chosen.dtype)])
-            yield self.to_input(images), torch.from_numpy(marked)
+        for loaded, marked in padded_batches(self.positions, self.batch_size, self.pad):
+            yield self.to_input(self.images_of(loaded)), torch.from_numpy(marked)
 
 
 @dataclass
