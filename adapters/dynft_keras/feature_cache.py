@@ -347,6 +347,11 @@ class FeatureCache:
         ]
         return np.concatenate(outputs)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (:attr:`model` is then the whole model)."""
+        return self._closed
+
     def close(self) -> None:
         """Drop the features (and the file)."""
         self._store.clear()

@@ -30,7 +30,11 @@ from benchmarks.study.runners.keras_feature_cache import (
     fixed_depth_callback,
     validation_loss,
 )
-from benchmarks.study.runners.keras_training_cache import cache_limits, open_served_training
+from benchmarks.study.runners.keras_training_cache import (
+    ServedModel,
+    cache_limits,
+    open_served_training,
+)
 from benchmarks.study.runners.records import (
     Outcome,
     RunContext,
@@ -137,6 +141,27 @@ class _Fit:
     outcome: Callable[[], Outcome]
 
 
+def _training_batches(
+    cfg: StudyConfig,
+    model: keras.Model,
+    tuner: Any,
+    data: TrainingData,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    freezes: bool,
+) -> tuple[keras.Model, keras.utils.PyDataset, dict[str, int], dict[str, Any]]:
+    """What ``fit`` trains on which batches: the whole model on images, or, with the cache
+    on and a backbone part frozen, a ``ServedModel`` on served features; also the caches'
+    byte limits and the training cache (by name) for the run's figures."""
+    serve = cfg.feature_cache == "auto" and freezes
+    limits = cache_limits(data, cfg.feature_cache_max_gb, serve)
+    served = (
+        open_served_training(model, tuner, data, preprocess, limits["training"]) if serve else None
+    )
+    if served is None:
+        return model, TrainBatches(data, preprocess), limits, {}
+    return ServedModel(model, served), served, limits, {"training": served.cache}
+
+
 def _fixed_depth_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
     model, base, data = run.model, run.base, run.data
     spec = get_backbone(ctx.backbone)
@@ -144,17 +169,9 @@ def _fixed_depth_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
     depth = fixed_depth(ctx.strategy, top_n, len(base.layers))
     _set_top_trainable(base, depth)
     tuner = fixed_depth_callback(base, depth)
-    serve = cfg.feature_cache == "auto" and depth < len(base.layers)
-    limits = cache_limits(data, cfg.feature_cache_max_gb, serve)
-    served = (
-        open_served_training(model, tuner, data, spec.preprocess, limits["training"])
-        if serve
-        else None
+    fit_model, batches, limits, others = _training_batches(
+        cfg, model, tuner, data, spec.preprocess, depth < len(base.layers)
     )
-    if served is None:
-        fit_model, batches, others = model, TrainBatches(data, spec.preprocess), {}
-    else:
-        fit_model, batches, others = served.cache.model, served, {"training": served.cache}
     validator = run.validation(tuner, len(base.layers), limits["validation"], others)
     stopper = FixedDepthStopping(cfg.patience, cfg.epochs)
     recorder = TimelineRecorder(run.bar, lambda: depth)
@@ -174,8 +191,10 @@ def _staged_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
     plan = staged_plan(ctx.strategy, cfg)
     groups = plan.groups(resolve_groups(base, "layers"))
     tuner = DynamicFineTuning(backbone=base, groups=groups, verbose=0, **plan.options)
-    limits = cache_limits(run.data, cfg.feature_cache_max_gb, False)
-    validator = run.validation(tuner, len(groups), limits["validation"], {})
+    fit_model, batches, limits, others = _training_batches(
+        cfg, run.model, tuner, run.data, get_backbone(ctx.backbone).preprocess, True
+    )
+    validator = run.validation(tuner, len(groups), limits["validation"], others)
     recorder = TimelineRecorder(run.bar, lambda: tuner.scheduler.num_unfrozen)
 
     def outcome() -> Outcome:
@@ -190,8 +209,7 @@ def _staged_fit(cfg: StudyConfig, ctx: RunContext, run: _Run) -> _Fit:
             feature_cache=figures,
         )
 
-    batches = TrainBatches(run.data, get_backbone(ctx.backbone).preprocess)
-    return _Fit(run.model, batches, [validator, recorder, tuner], outcome)
+    return _Fit(fit_model, batches, [validator, recorder, tuner], outcome)
 
 
 def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, Outcome, str, float]:
@@ -217,7 +235,7 @@ def train(cfg: StudyConfig, ctx: RunContext, data: TrainingData) -> tuple[Any, O
     with tqdm(total=cfg.epochs, desc=ctx.label, unit="epoch", leave=False) as bar:
         setup = _fixed_depth_fit if ctx.strategy in FIXED_DEPTH else _staged_fit
         fit = setup(cfg, ctx, _Run(model, base, data, bar, validation))
-        # the rest model of a served run shares every weight with model, which is returned
+        # a served run's ServedModel trains weights of model, which is returned
         fit.model.compile(
             optimizer=keras.optimizers.Adam(cfg.lr), loss="sparse_categorical_crossentropy"
         )

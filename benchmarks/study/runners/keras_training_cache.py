@@ -1,21 +1,28 @@
-"""Training batches served as features in the Keras runner, for the strategies whose cut is fixed.
+"""Training batches served as features in the Keras runner, for every strategy that freezes.
 
-``linear_probe`` and ``traditional`` train the same top layers for the whole run, so the frozen
-part below them never changes and the cut never moves. For them ``fit`` trains the cache's rest
-model (it shares every weight with the whole model) on :class:`ServedTrainBatches`: the
-features of the never-augmented training samples, computed once and gathered into one table by
-sample every epoch (as the PyTorch runner does), and for augmented samples the frozen part
-computed on the augmented images. The staged strategies move the cut at every unfreeze, inside
-one ``fit``: its input signature is fixed when it starts (on TensorFlow), and its data pipeline
-prepares the next epoch's first batches before the epoch-end callbacks decide to unfreeze (on
-JAX), so features made in the pipeline could belong to the previous cut. They are served the
-validation pass only (:class:`~benchmarks.study.runners.keras_feature_cache.EpochValidation`).
+``fit`` trains a :class:`ServedModel` on :class:`ServedTrainBatches`. The batches carry the
+labels, the sample weights and a *key* per batch; the features at the current cut wait in host
+memory under that key, and the model's first step fetches them (a host callback: a
+``tf.py_function``, a ``jax.pure_callback``, a plain call on torch) and applies the rest of the
+model after the cut. Keys have one shape whatever the cut, so ``fit``'s data pipeline never
+sees the features change shape when an unfreeze moves the cut (its input signature is fixed
+when it starts, on TensorFlow), and the model traces its step anew after every unfreeze
+(``DynamicFineTuning`` rebuilds the step functions), picking up the new cut's rest model.
+
+Features come from one table per cut: the never-augmented training samples, computed once by
+the cut's frozen part and gathered by sample every epoch, as the PyTorch runner does. Augmented
+samples, the epoch's short last batch, and every batch when the features are over the memory
+limit take the frozen part computed on the spot. Batches are prepared in the order ``fit``
+asks for them, so the augmentation draws are the plain run's. A batch prepared before an
+unfreeze and trained after it would meet the wrong rest model: it raises.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,6 +31,7 @@ from benchmarks.study.data.batches import TrainingData
 from benchmarks.study.runners.feature_cache_runs import padded_batches, split_limits
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
+_UNBUILT = object()
 
 
 class _PlainTrainingBatches:
@@ -55,31 +63,29 @@ def plain_training_batches(data: TrainingData, preprocess: Preprocess) -> _Plain
 
 
 class ServedTrainBatches(keras.utils.PyDataset):
-    """The epoch's training batches as ``(features at the cut, labels, sample weights)``.
+    """The epoch's training batches as ``(keys, labels, sample weights)``.
 
     The same sampler, augmentation and weights as ``TrainBatches`` (``TrainingData`` is drawn
-    from in the same order), for the cache's :attr:`~dynft_keras.FeatureCache.model`. Served
-    rows come from the table; augmented samples, the epoch's short last batch, and every batch
-    when the features were over the memory limit take the frozen part computed now. The frozen
-    part runs as its own function (``predict_on_batch`` of the prefix), the augmented rows in a
-    batch of their own count: on a real backbone CPU kernels may round a sample differently
-    from the plain run's training step (see docs/study.md, *Exactness*).
+    from in the same order); the features of a batch wait for :meth:`lookup` under its key.
+    The frozen part runs as its own function (``predict_on_batch`` of the prefix), the
+    augmented rows in a batch of their own count: on a real backbone CPU kernels may round a
+    sample differently from the plain run's training step (see docs/study.md, *Exactness*).
 
     Args:
         data: The run's batches.
         preprocess: The backbone's input preprocessing.
-        cache: A ``dynft_keras.FeatureCache`` over :func:`plain_training_batches` whose cut does
-            not move during the run.
+        cache: A ``dynft_keras.FeatureCache`` over :func:`plain_training_batches`.
     """
 
-    def __init__(self, data: TrainingData, preprocess: Preprocess, cache: object) -> None:
+    def __init__(self, data: TrainingData, preprocess: Preprocess, cache: Any) -> None:
         super().__init__()
         self.data, self.preprocess, self.cache = data, preprocess, cache
-        self.cut = cache.cut
-        if self.cut is None:
-            raise ValueError("ServedTrainBatches needs a cache that cuts the model")
         self.plan = data.epoch_plan()
-        self.table = self._gather()
+        self.table: _Table | None = None
+        self._table_cut: object = _UNBUILT
+        self._keys = itertools.count()
+        self._prepared: dict[int, tuple[str | None, np.ndarray]] = {}
+        self._last: tuple[int, np.ndarray] | None = None
 
     def _gather(self) -> _Table | None:
         if self.cache.stats.fallback is not None:  # over its limit: computed every batch
@@ -100,31 +106,135 @@ class ServedTrainBatches(keras.utils.PyDataset):
             filled += kept
         return None if rows is None else _Table(rows, row_of)
 
+    def _table_for(self, cut: str | None) -> _Table | None:
+        if cut != self._table_cut:
+            self.table = None  # the stored features and one table, never two
+            self.table = self._gather() if cut is not None else None
+            self._table_cut = cut
+        return self.table
+
+    def features(self, indices: np.ndarray, labels: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        """The features at the current cut of one batch (the inputs when nothing is cut)."""
+        table = self._table_for(self.cache.cut)
+        if table is None or len(indices) != self.data.batch_size:
+            return self.cache.features(inputs)
+        augmented = self.data.augmented(labels)
+        rows = np.empty((len(indices), *table.rows.shape[1:]), table.rows.dtype)
+        rows[~augmented] = table.rows[table.row_of[indices[~augmented]]]
+        if augmented.any():
+            rows[augmented] = self.cache.features(inputs[augmented])
+        return rows
+
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.cache.cut != self.cut:
-            raise RuntimeError(
-                f"the feature cache's cut moved from {self.cut!r} to {self.cache.cut!r} during "
-                "fit; served training batches need a strategy whose trainable set is fixed"
-            )
         indices = self.plan[index]
         images, labels, weights = self.data.train_batch(indices)
-        inputs = self.preprocess(images)
-        if self.table is None or len(indices) != self.data.batch_size:
-            return self.cache.features(inputs), labels, weights
-        augmented = self.data.augmented(labels)
-        rows = np.empty((len(indices), *self.table.rows.shape[1:]), self.table.rows.dtype)
-        rows[~augmented] = self.table.rows[self.table.row_of[indices[~augmented]]]
-        if augmented.any():
-            rows[augmented] = self.cache.features(inputs[augmented])
-        return rows, labels, weights
+        key = next(self._keys)
+        cut = self.cache.cut
+        self._prepared[key] = (cut, self.features(indices, labels, self.preprocess(images)))
+        return np.full(len(indices), key, np.int32), labels, weights
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The features of the batch of ``keys``, checked against the current cut.
+
+        Raises:
+            RuntimeError: The batch was prepared before the cut moved.
+        """
+        key = int(keys[0])
+        if self._last is not None and self._last[0] == key:  # a callback may run twice
+            return self._last[1]
+        for earlier in [k for k in self._prepared if k < key]:
+            del self._prepared[earlier]  # prepared by fit to learn its input shapes, not trained
+        cut, features = self._prepared.pop(key)
+        if cut != self.cache.cut:
+            raise RuntimeError(
+                f"a training batch was prepared at the cut {cut!r} and trained after the "
+                f"trainable set moved the cut to {self.cache.cut!r}; the data pipeline read "
+                "ahead across an epoch end, which this runner does not support"
+            )
+        self._last = (key, features)
+        return features
 
     def on_epoch_end(self) -> None:
         self.plan = self.data.epoch_plan()
-        self.table = None  # the stored features and one table, never two
-        self.table = self._gather()
+        self.table, self._table_cut = None, _UNBUILT  # gathered again: served, every epoch
+
+
+def _host_lookup(lookup: Callable[[np.ndarray], np.ndarray], keys: Any, shape: tuple) -> Any:
+    """``lookup(keys)`` run on the host inside the backend's compiled step, of static shape."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        features = tf.py_function(lambda k: lookup(k.numpy()), [keys], tf.float32)
+        features.set_shape((keys.shape[0], *shape))
+        return features
+    if backend == "jax":
+        import jax
+
+        result = jax.ShapeDtypeStruct((keys.shape[0], *shape), np.float32)
+        return jax.pure_callback(lambda k: lookup(np.asarray(k)), result, keys)
+    if getattr(keys, "is_meta", False):  # torch: fit learning the output shapes, no data
+        return keras.ops.zeros((keys.shape[0], *shape))
+    return keras.ops.convert_to_tensor(lookup(keras.ops.convert_to_numpy(keys)))
+
+
+class ServedModel(keras.Model):
+    """What ``fit`` trains on :class:`ServedTrainBatches`: keys in, the model's outputs out.
+
+    Its variables are those of the cache's current rest model, so the frozen part below the
+    cut is not in the training state at all (on JAX the fitted model's variables are handed
+    to the step function and detached from the variables during the epoch; the frozen part
+    must stay readable, it computes features meanwhile). The whole model is a layer of it, so
+    ``DynamicFineTuning`` finds its backbone and trainable flags here.
+
+    Args:
+        whole: The whole model; every weight this model trains is one of its weights.
+        batches: The served batches whose :meth:`~ServedTrainBatches.lookup` it calls.
+    """
+
+    def __init__(self, whole: keras.Model, batches: ServedTrainBatches) -> None:
+        super().__init__(name=f"{whole.name}_on_features")
+        self.whole = whole
+        self._batches = batches
+        self._rest_model = batches.cache.model
+        self.built = True
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        if keras.backend.backend() == "tensorflow":  # XLA cannot compile a tf.py_function
+            kwargs["jit_compile"] = False
+        super().compile(*args, **kwargs)
+
+    def _rest(self) -> keras.Model:
+        cache = self._batches.cache
+        if not cache.closed:  # closed when training ends: its rest model stays this model's
+            self._rest_model = cache.model
+        return self._rest_model
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        return list(self._rest().variables)
+
+    @property
+    def weights(self) -> list[keras.Variable]:
+        return list(self._rest().weights)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return self._rest().get_weights()
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self._rest().set_weights(weights)
+
+    def call(self, keys: Any, training: bool | None = None) -> Any:
+        rest = self._rest()
+        shape = tuple(rest.inputs[0].shape[1:])
+        return rest(_host_lookup(self._batches.lookup, keys, shape), training=training)
+
+    def compute_output_spec(self, keys: Any, training: bool | None = None) -> keras.KerasTensor:
+        output = self.whole.outputs[0]
+        return keras.KerasTensor((keys.shape[0], *output.shape[1:]), output.dtype)
 
 
 def cache_limits(data: TrainingData, max_gb: float | None, training_served: bool) -> dict[str, int]:
@@ -138,18 +248,19 @@ def cache_limits(data: TrainingData, max_gb: float | None, training_served: bool
 
 def open_served_training(
     model: keras.Model,
-    tuner: object,
+    tuner: Any,
     data: TrainingData,
     preprocess: Preprocess,
     max_bytes: int,
 ) -> ServedTrainBatches | None:
-    """Served training batches for a run whose cut is fixed; ``None`` when every training
-    sample is augmented, or when the model cannot be cut (the validation cache, which meets the
-    same cut, says so): the run then trains on the images.
+    """Served training batches for a run; ``None`` when every training sample is augmented,
+    or when the model cannot be cut (the validation cache, which meets the same cut, says
+    so): the run then trains on the images.
 
     Args:
         model: The whole model.
-        tuner: What the cache reads of the fixed trainable set (``fixed_depth_callback``).
+        tuner: The ``DynamicFineTuning`` callback or ``fixed_depth_callback``: the cache
+            follows its trainable set.
         data: The run's batches.
         preprocess: The backbone's input preprocessing.
         max_bytes: Memory limit of the training features (their share, see
