@@ -5,8 +5,8 @@
 stopping, the timeline and ``DynamicFineTuning`` read it. With ``--feature-cache auto`` it
 applies the rest of the model to the features of the frozen part, computed once per trainable
 set; with ``off`` it predicts on the images. Both compute the loss with :func:`validation_loss`,
-so the two settings decide alike. Training batches are served only to the strategies whose cut
-is fixed (``benchmarks.study.runners.keras_training_cache``).
+so the two settings decide alike. Training batches are served by
+``benchmarks.study.runners.keras_training_cache``.
 """
 
 from __future__ import annotations
