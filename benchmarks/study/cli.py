@@ -82,6 +82,31 @@ def parse_top_n(text: str) -> dict[str, int]:
     return result
 
 
+def parse_strategy_lr(text: str) -> dict[str, float]:
+    """``"full=1e-4,traditional=3e-4"`` -> ``{"full": 1e-4, "traditional": 3e-4}``; ``"none"``
+    -> ``{}`` (every strategy at ``--lr``). Strategies from :data:`STRATEGIES`, rates > 0."""
+    if text.strip() == "none":
+        return {}
+    result = {}
+    for item in _csv_list("--strategy-lr", text):
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in STRATEGIES:
+            raise UsageError(
+                f"--strategy-lr: unknown strategy {name!r} in {item!r}; "
+                f"known: {', '.join(STRATEGIES)}"
+            )
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not 0 < rate < math.inf:
+            raise UsageError(
+                f"--strategy-lr: {item!r} must look like strategy=RATE with a finite RATE > 0"
+            )
+        result[name] = rate
+    return result
+
+
 def _image_size(text: str) -> int | None:
     if text == "native":
         return None
@@ -119,7 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--weights", help="imagenet | none | PATH of a weights file (default: imagenet)")
     add("--out", help="output folder (default: runs/study-<preset>-<framework>-<UTC time>)")
     add("--batch-size", type=int, help="mini-batch size (default: 32)")
-    add("--lr", type=float, help="Adam learning rate (quick: 1e-3; paper: 1e-4)")
+    add(
+        "--lr",
+        type=float,
+        help="Adam learning rate of every strategy (quick: 1e-3, full 1e-4; paper: 1e-4); "
+        "given alone it replaces the preset's per-strategy rates too",
+    )
+    add(
+        "--strategy-lr",
+        metavar="STRATEGY=RATE,...",
+        help="per-strategy rates instead of --lr, e.g. full=1e-4 (quick: full=1e-4); "
+        "'none': every strategy at --lr; a swept lr replaces them",
+    )
     add("--patience", type=int, help="p: plateau and early-stopping patience (quick: 2; paper: 5)")
     add("--step", type=int, help="k: groups unfrozen per plateau (default: 3)")
     add("--decay", type=float, help="learning-rate decay per unfreeze (default: 0.1)")
@@ -229,6 +265,9 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
         if not args.lr > 0:
             raise UsageError(f"--lr {args.lr}: must be > 0")
         changes["lr"] = args.lr
+        changes["strategy_lr"] = {}  # an explicit rate is every strategy's unless told
+    if args.strategy_lr is not None:
+        changes["strategy_lr"] = parse_strategy_lr(args.strategy_lr)
     if args.decay is not None:
         if not 0 <= args.decay < 1:
             raise UsageError(f"--decay {args.decay}: must satisfy 0 <= decay < 1")

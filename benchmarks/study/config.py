@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from benchmarks.study.data.balance import DEFAULT_BALANCE, DEFAULT_VAL_LOSS
 
@@ -36,9 +36,13 @@ class StudyConfig:
         seeds: One run per seed (seed fixes split, sampling and init). Defaults to ``(0,)``.
         weights: ``"imagenet"``, ``"none"`` or a weights file path. Defaults to ``"imagenet"``.
         batch_size: Mini-batch size of every strategy. Defaults to 32.
-        lr: Initial learning rate of Adam, the same for every strategy. Defaults to 1e-3, at
-            which the zero head converges within a few epochs, so that the staged strategies
-            reach a plateau and unfreeze inside the quick preset's 12 epochs.
+        lr: Initial learning rate of Adam of every strategy not in ``strategy_lr``. Defaults
+            to 1e-3, at which the zero head converges within a few epochs, so that the staged
+            strategies reach a plateau and unfreeze inside the quick preset's 12 epochs.
+        strategy_lr: Per-strategy overrides of ``lr``, e.g. ``{"full": 1e-4}`` (all layers
+            trained at once from the first epoch want the lower rate the Keras guide and
+            fastai give a whole unfrozen network). A swept ``lr`` replaces them. Defaults to
+            none.
         patience: ``p``: the plateau patience of the staged strategies and the early-stopping
             patience of the fixed-depth ones. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
@@ -83,6 +87,7 @@ class StudyConfig:
     weights: str = "imagenet"
     batch_size: int = 32
     lr: float = 1e-3
+    strategy_lr: dict[str, float] = field(default_factory=dict)
     patience: int = 2
     step: int = 3
     decay: float = 0.1
@@ -97,6 +102,12 @@ class StudyConfig:
     threads: int | None = 1
     feature_cache: str = "auto"
     feature_cache_max_gb: float | None = None
+
+    def for_strategy(self, strategy: str) -> StudyConfig:
+        """These settings as ``strategy`` runs them: ``lr`` is its ``strategy_lr`` if it has one."""
+        if strategy not in self.strategy_lr:
+            return self
+        return replace(self, lr=self.strategy_lr[strategy])
 
     def top_n_for(self, backbone: str, default: int, available: int, layers_of: str) -> int:
         """The traditional top-n for ``backbone``: the override if given, else ``default``.

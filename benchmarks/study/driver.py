@@ -93,6 +93,7 @@ class Study:
             "config": {
                 "optimizer": "Adam",
                 "lr": cfg.lr,
+                "strategy_lr": dict(cfg.strategy_lr),
                 "batch_size": cfg.batch_size,
                 "patience": cfg.patience,
                 "step": cfg.step,
@@ -199,14 +200,16 @@ def _run_all(study: Study, out_dir: Path, registry: ModuleType, runner: ModuleTy
                         backbone, strategy, seed, cfg.data, dataset.synthetic, names, size,
                         out_dir,
                     )  # fmt: skip
+                    settings = cfg.for_strategy(strategy)
                     if cfg.sweep and seed == cfg.seeds[0]:
                         overall.set_description(f"sweep {ctx.label}")
                         study.sweeps.append(
-                            sweep_strategy(runner, cfg, ctx, data, on_trial=overall.update)
+                            sweep_strategy(runner, settings, ctx, data, on_trial=overall.update)
                         )
                     overall.set_description(ctx.label)
                     data.reseed(seed)
-                    run = runner.run(replace(cfg, **study.chosen(backbone, strategy)), ctx, data)
+                    chosen = study.chosen(backbone, strategy)
+                    run = runner.run(replace(settings, **chosen), ctx, data)
                     run["baselines"] = baselines
                     run["sanity"] = sanity_flags(run, baselines)
                     warn_if_flagged(run, overall.write)

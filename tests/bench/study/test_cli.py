@@ -46,3 +46,33 @@ def test_the_evidence_parts_run_dynamic_tuned_with_the_ratio_swept():
         assert part.strategies == STRATEGIES
         assert part.sweep["unfrozen_lr_ratio"] == (0.1, 1.0)
     assert EVIDENCE_COVID.drop_classes == ("ARDS",) and EVIDENCE_PNEUMONIA.drop_classes == ()
+
+
+def test_the_quick_preset_trains_full_at_a_tenth_of_the_rate():
+    cfg = _config()
+    assert cfg.lr == 1e-3 and cfg.strategy_lr == {"full": 1e-4}
+    assert cfg.for_strategy("full").lr == 1e-4 and cfg.for_strategy("dynamic").lr == 1e-3
+    assert cfg.for_strategy("dynamic") is cfg  # nothing else changes
+
+
+def test_strategy_lr_is_read_and_an_explicit_lr_is_every_strategys():
+    assert _config("--lr", "3e-4").strategy_lr == {}
+    both = _config("--lr", "3e-4", "--strategy-lr", "full=1e-5, traditional=2e-4")
+    assert both.lr == 3e-4 and both.strategy_lr == {"full": 1e-5, "traditional": 2e-4}
+    assert _config("--strategy-lr", "none").strategy_lr == {}
+    assert _config("--preset", "paper").strategy_lr == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fulll=1e-4", "unknown strategy 'fulll' in 'fulll=1e-4'; known: linear_probe,"),
+        ("full=0", "'full=0' must look like strategy=RATE with a finite RATE > 0"),
+        ("full=fast", "'full=fast' must look like"),
+        ("full", "'full' must look like"),
+        ("full=inf", "'full=inf' must look like"),
+    ],
+)
+def test_a_bad_strategy_lr_names_the_value(text, message):
+    with pytest.raises(UsageError, match=message):
+        _config("--strategy-lr", text)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from study_helpers import TINY_BACKBONE, run_tiny_study
 
 from benchmarks.study.runners import torch_runner
@@ -39,3 +40,31 @@ def test_each_strategy_runs_with_the_rate_its_validation_trials_chose(
         assert run["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
     report = (out / "report.md").read_text()
     assert "## Sweep on the validation split" in report and "**chosen**" in report
+
+
+def test_a_strategys_own_rate_is_its_runs_and_a_swept_rate_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = []
+
+    class Adam(torch.optim.Adam):
+        def __init__(self, params, lr, **kwargs):
+            built.append(lr)
+            super().__init__(params, lr=lr, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", Adam)
+    out = tmp_path / "rates"
+    flags = ("--strategies", "full,dynamic", "--lr", "1e-3", "--strategy-lr", "full=3e-2")
+    assert run_tiny_study(TINY_BACKBONE, "none", out, *flags) == 0
+    assert built == [3e-2, 1e-3]  # the optimizers the two runs trained with
+    document = json.loads((out / "results.json").read_text())
+    assert {run["strategy"]: run["lr"] for run in document["runs"]} == {
+        "full": 3e-2,
+        "dynamic": 1e-3,
+    }
+    assert document["meta"]["config"]["strategy_lr"] == {"full": 3e-2}
+    swept = tmp_path / "swept"
+    assert run_tiny_study(TINY_BACKBONE, "none", swept, *flags, "--sweep", "lr=1e-4,1e-3") == 0
+    document = json.loads((swept / "results.json").read_text())
+    for result, run in zip(document["meta"]["sweep"]["results"], document["runs"], strict=True):
+        assert run["lr"] == result["chosen"]["lr"] in (1e-4, 1e-3)
