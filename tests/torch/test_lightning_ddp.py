@@ -4,6 +4,7 @@ process by ``strategy="ddp_fork"``), re-wrapped after every unfreeze; the strate
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,18 +43,18 @@ class Record(pl.Callback):
 
     def __init__(self, folder: Path, dynft: DynamicFineTuning) -> None:
         self.folder, self.dynft = folder, dynft
-        self.wrappers: list[int] = []
+        self.wrappers: list[Any] = []  # the wrappers themselves: a freed one's id is reused
 
     def on_fit_start(self, trainer, pl_module):
         self.initial = state_copy(pl_module)
 
     def on_validation_end(self, trainer, pl_module):
-        self.wrappers.append(id(trainer.strategy.model))
+        self.wrappers.append(trainer.strategy.model)
 
     def on_fit_end(self, trainer, pl_module):
         result = {
             "decisions": [d.to_dict() for d in self.dynft.decisions],
-            "wrappers": len(set(self.wrappers)),
+            "wrappers": len({id(wrapper) for wrapper in self.wrappers}),
             "state": state_copy(pl_module),
             "best": dict(self.dynft.tuner.snapshot.tensors),
             "initial": self.initial,

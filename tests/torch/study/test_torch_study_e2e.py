@@ -65,7 +65,8 @@ def test_cli_runs_every_strategy_and_writes_the_full_report(tmp_path: Path) -> N
         assert (out / run["model_path"]).is_file()
         assert len(run["confusion_normalized"]) == len(run["class_names"]) == 7
         assert run["baselines"]["majority"]["answers"] == "always 'Pneumonia'"
-        assert run["lr"] == meta["config"]["lr"]
+        rate = meta["config"]["strategy_lr"].get(run["strategy"], meta["config"]["lr"])
+        assert run["lr"] == rate == (1e-4 if run["strategy"] == "full" else 1e-3)
         assert run["unfrozen_lr_ratio"] == (None if run["num_groups"] is None else 1.0)
     # patience 1: every epoch without improvement unfreezes 3 more groups at lr x0.9
     dynamic = runs["dynamic"]
