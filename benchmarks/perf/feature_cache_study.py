@@ -14,8 +14,9 @@ trainable count and rate of every epoch, the best epoch).
 Each framework runs in its own process (TensorFlow and torch are not mixed).
 
 Usage: ``python -m benchmarks.perf.feature_cache_study [torch|keras] [--runs 96:dynamic:off
-...] [--repeats 3] [--epochs 10] [--patience 3]`` (``--runs``: SIZE:STRATEGY:AUGMENTATION,
-default all eight)
+...] [--repeats 3] [--epochs 10] [--patience 3] [--images 96=600 ...]`` (``--runs``:
+SIZE:STRATEGY:AUGMENTATION, default all eight; ``--images``: phantom images per size, default
+120 at 96 px and 64 at 224 px)
 """
 
 from __future__ import annotations
@@ -119,8 +120,26 @@ def parse_run(text: str) -> tuple[int, str, bool]:
 ALL_RUNS = [f"{s}:{t}:{a}" for s in IMAGES for t in STRATEGIES for a in ("off", "on")]
 
 
+def parse_images(text: str) -> tuple[int, int]:
+    """``"96=600"`` -> ``(96, 600)`` (size, phantom images)."""
+    from benchmarks.study.data.phantom import CLASS_NAMES, MIN_IMAGES_PER_CLASS
+
+    least = MIN_IMAGES_PER_CLASS * len(CLASS_NAMES)
+    size, _, count = text.partition("=")
+    if not size.isdigit() or int(size) not in IMAGES or not count.isdigit() or int(count) < least:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give SIZE=IMAGES with SIZE in {sorted(IMAGES)} and IMAGES >= {least}"
+        )
+    return int(size), int(count)
+
+
 def run_framework(
-    framework: str, runs: list[str], repeats: int, epochs: int, patience: int
+    framework: str,
+    runs: list[str],
+    repeats: int,
+    epochs: int,
+    patience: int,
+    images: dict[int, int],
 ) -> None:
     from benchmarks.study.config import StudyConfig
     from benchmarks.study.data.batches import make_training_data
@@ -152,7 +171,7 @@ def run_framework(
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, strategy, augment in map(parse_run, runs):
-        dataset = make_phantom(IMAGES[size], 96, seed=0)
+        dataset = make_phantom(images[size], 96, seed=0)
         split = split_dataset(dataset, 0)
         data = make_training_data(
             dataset.images, dataset.labels, split, size, len(CLASS_NAMES), 32, 0,
@@ -197,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--images", nargs="+", default=[], type=parse_images, metavar="SIZE=N")
     args = parser.parse_args(argv)
     for run in args.runs:
         try:
@@ -205,13 +225,16 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(error))
     options = ["--runs", *args.runs, "--repeats", str(args.repeats)]
     options += ["--epochs", str(args.epochs), "--patience", str(args.patience)]
+    if args.images:
+        options += ["--images", *(f"{size}={count}" for size, count in args.images)]
     if args.framework is None:
         for framework in BACKBONES:
             env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TQDM_DISABLE": "1"}
             command = [sys.executable, "-m", "benchmarks.perf.feature_cache_study", framework]
             subprocess.run([*command, *options], env=env, check=True)
         return
-    run_framework(args.framework, args.runs, args.repeats, args.epochs, args.patience)
+    images = {**IMAGES, **dict(args.images)}
+    run_framework(args.framework, args.runs, args.repeats, args.epochs, args.patience, images)
 
 
 if __name__ == "__main__":
