@@ -169,8 +169,9 @@ def _host_lookup(lookup: Callable[[np.ndarray], np.ndarray], keys: Any, shape: t
         import tensorflow as tf
 
         features = tf.py_function(lambda k: lookup(k.numpy()), [keys], tf.float32)
-        features.set_shape((keys.shape[0], *shape))
-        return features
+        # declared in the graph, not only on the Python tensor: with the shape unknown to the
+        # graph optimiser, oneDNN rounded the rest model differently from the plain step
+        return tf.ensure_shape(features, (keys.shape[0], *shape))
     if backend == "jax":
         import jax
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import shared_file
 from test_keras_strategies import _tiny_base as two_conv_base
 
 from benchmarks.study.config import StudyConfig
@@ -23,6 +24,7 @@ from benchmarks.study.data.batches import make_training_data
 from benchmarks.study.data.phantom import CLASS_NAMES, make_phantom
 from benchmarks.study.data.splits import split_dataset
 from benchmarks.study.models import keras_backbones
+from benchmarks.study.presets import SHARED_FILES
 from benchmarks.study.runners import keras_runner
 from benchmarks.study.runners.records import RunContext
 
@@ -43,20 +45,22 @@ def tiny() -> None:
     keras_backbones.register_backbone(spec, replace=True)
 
 
-def _train(strategy: str, tmp_path: Path, mode: str, **settings):
+def _train(
+    strategy: str, tmp_path: Path, mode: str, backbone: str = TINY, size: int = 32, **settings
+):
     dataset = make_phantom(84, 32, seed=0)
     data = make_training_data(
-        dataset.images, dataset.labels, split_dataset(dataset, 0), 32, 7, 16, seed=0
+        dataset.images, dataset.labels, split_dataset(dataset, 0), size, 7, 16, seed=0
     )
     cfg = StudyConfig(
-        framework="keras", weights="none", epochs=5, patience=1, lr=0.05, step=1,
-        feature_cache=mode, **settings,
+        **{"framework": "keras", "weights": "none", "epochs": 5, "patience": 1, "lr": 0.05,
+           "step": 1, "feature_cache": mode, **settings},
     )  # fmt: skip
-    ctx = RunContext(TINY, strategy, 0, "phantom", True, list(CLASS_NAMES), 32, tmp_path)
+    ctx = RunContext(backbone, strategy, 0, "phantom", True, list(CLASS_NAMES), size, tmp_path)
     keras.utils.set_random_seed(0)  # the runner seeds the same way before building
     initial = keras_runner.build_model(ctx, "none")[0].get_weights()
     model, outcome, _, _ = keras_runner.train(cfg, ctx, data)
-    base = model.get_layer("tiny_base")
+    base = model.layers[1]  # input, base, pooling, head
     return initial, model, base, outcome
 
 
@@ -104,6 +108,26 @@ def test_a_run_is_identical_with_the_cache(tmp_path, strategy):
             strict=True,
         ):
             np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="JAX compiles MobileNetV2's steps for 80 s on a CPU; the tiny base covers JAX",
+)
+@pytest.mark.parametrize("strategy", ["traditional", "dynamic"])
+def test_a_mobilenet_v2_run_is_identical_with_the_cache(tmp_path, strategy):
+    # A real architecture, not only the tiny base: on TensorFlow, oneDNN picks its kernels by
+    # the shapes the graph declares, and a served step whose features arrived without a
+    # declared shape rounded by 1e-7, which Adam's first steps (about +-lr per weight whatever
+    # the gradient's size) turned into different decisions on MobileNetV2.
+    weights = str(shared_file(SHARED_FILES["mobilenet_v2"]))  # random weights never showed it
+    settings = {"lr": 1e-3, "weights": weights}
+    _, plain_model, _, plain = _train(strategy, tmp_path, "off", "mobilenet_v2", 96, **settings)
+    _, model, _, cached = _train(strategy, tmp_path, "auto", "mobilenet_v2", 96, **settings)
+    assert cached.feature_cache["feature_cache_detail"]["training"]["hits"] > 0
+    assert cached.timeline == plain.timeline and cached.best_epoch == plain.best_epoch
+    for first, second in zip(plain_model.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_over_the_memory_limit_served_training_recomputes_with_the_same_result(tmp_path):
