@@ -39,10 +39,9 @@ class StudyConfig:
         lr: Initial learning rate of Adam of every strategy not in ``strategy_lr``. Defaults
             to 1e-3, at which the zero head converges within a few epochs, so that the staged
             strategies reach a plateau and unfreeze inside the quick preset's 12 epochs.
-        strategy_lr: Per-strategy overrides of ``lr``, e.g. ``{"full": 1e-4}`` (all layers
-            trained at once from the first epoch want the lower rate the Keras guide and
-            fastai give a whole unfrozen network). A swept ``lr`` replaces them. Defaults to
-            none.
+        strategy_lr: Per-strategy overrides of ``lr``, e.g. ``{"full": 1e-4}``: all layers
+            trained from the first step want a lower rate than a zero head, as the unfrozen
+            stage of ``two_stage`` gets. A swept ``lr`` replaces them. Defaults to none.
         patience: ``p``: the plateau patience of the staged strategies and the early-stopping
             patience of the fixed-depth ones. Defaults to 2.
         step: ``k``: groups unfrozen per plateau (dynamic). Defaults to 3.
