@@ -24,7 +24,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.study.config import DEFAULT_STRATEGIES, STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.config import (
+    DEFAULT_STRATEGIES,
+    STRATEGIES,
+    StudyConfig,
+    StudyConfigError,
+    positive_number,
+)
 from benchmarks.study.data.balance import BALANCE_MODES, VAL_LOSS_MODES
 from benchmarks.study.models.registry import WeightsUnavailableError
 from benchmarks.study.out_folder import check_out_folder
@@ -95,11 +101,10 @@ def parse_strategy_lr(text: str) -> dict[str, float]:
                 f"--strategy-lr: unknown strategy {name!r} in {item!r}; "
                 f"known: {', '.join(STRATEGIES)}"
             )
-        try:
-            rate = float(value)
-        except ValueError:
-            rate = math.nan
-        if not 0 < rate < math.inf:
+        if name in result:
+            raise UsageError(f"--strategy-lr: {name} is given twice; give each strategy once")
+        rate = positive_number(value)
+        if rate is None:
             raise UsageError(
                 f"--strategy-lr: {item!r} must look like strategy=RATE with a finite RATE > 0"
             )

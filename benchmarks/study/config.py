@@ -11,6 +11,15 @@ class StudyConfigError(ValueError):
     """A study setting is invalid (the message names the value and what is allowed)."""
 
 
+def positive_number(text: str) -> float | None:
+    """``text`` as a finite number > 0 (a rate, a ratio), or ``None`` when it is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None
+
+
 # The fine-tuning strategies the study compares (see benchmarks.study.runners.strategies), in
 # report order: the three fixed-depth baselines around the paper's, the staged ones last.
 STRATEGIES = ("linear_probe", "full", "traditional", "two_stage", "dynamic", "dynamic_tuned")

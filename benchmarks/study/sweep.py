@@ -18,7 +18,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
-from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError
+from benchmarks.study.config import STRATEGIES, StudyConfig, StudyConfigError, positive_number
 from benchmarks.study.runners.strategies import RATIO_STRATEGIES
 
 # Swept setting -> the strategies it applies to. Each is a StudyConfig field the runners use.
@@ -47,11 +47,8 @@ def parse_sweep(items: list[str]) -> dict[str, tuple[float, ...]]:
             raise StudyConfigError(f"--sweep {name} is given twice; give each setting once")
         values = []
         for part in (piece.strip() for piece in text.split(",")):
-            try:
-                value = float(part)
-            except ValueError:
-                value = float("nan")
-            if not value > 0 or value == float("inf"):
+            value = positive_number(part)
+            if value is None:
                 raise StudyConfigError(
                     f"--sweep {item!r}: {part!r} is not a number > 0; give name=v1,v2,..."
                 )

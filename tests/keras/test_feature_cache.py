@@ -87,6 +87,38 @@ def test_predictions_through_the_cache_equal_the_model_through_a_whole_fit():
     assert cache.stats.builds == 4 and cache.stats.hits == 4 * 3
 
 
+def test_the_cache_stays_exact_beside_early_stopping_and_a_checkpoint(tmp_path):
+    # the cache serves a user's own validation metric while fit also runs EarlyStopping and
+    # ModelCheckpoint on val_loss: rollbacks, unfreezes and the final restore all move weights
+    model, backbone = residual_model()
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
+    val = batches()
+    cb = DynamicFineTuning(backbone, patience=1, step=1, max_epochs=10, verbose=0)
+    cache = FeatureCache(cb, val, model=model)
+    compare = CompareEveryEpoch(cache, val)
+    best = tmp_path / "best.weights.h5"
+    callbacks = [
+        cb,
+        compare,
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=3),
+        keras.callbacks.ModelCheckpoint(best, save_best_only=True, save_weights_only=True),
+    ]
+    x, y = tiny_data(32)
+    val_x, val_y = (np.concatenate(part) for part in zip(*val, strict=True))
+    history = model.fit(
+        x, y, validation_data=(val_x, val_y), batch_size=8, epochs=10, shuffle=False,
+        verbose=0, callbacks=callbacks,
+    )  # fmt: skip
+    assert len(compare.cuts) == len(history.history["loss"]) >= 2
+    assert any(d.newly_unfrozen for d in cb.scheduler.history), "nothing unfroze"
+    # the run ends on the best-validation weights, which the checkpoint holds too
+    assert_split_equal(cache.predict(), concat_predictions(model, val))
+    saved, _ = residual_model(seed=9)
+    saved.load_weights(best)
+    for path, value in weights_of(saved).items():
+        np.testing.assert_array_equal(weights_of(model)[path], value, err_msg=path)
+
+
 def test_cut_of_the_whole_backbone_and_inside_it():
     model, backbone = residual_model()
     cb = DynamicFineTuning(backbone, patience=1, step=1, max_epochs=10, verbose=0)

@@ -71,6 +71,7 @@ def test_strategy_lr_is_read_and_an_explicit_lr_is_every_strategys():
         ("full=fast", "'full=fast' must look like"),
         ("full", "'full' must look like"),
         ("full=inf", "'full=inf' must look like"),
+        ("full=1e-4,full=1e-5", "full is given twice; give each strategy once"),
     ],
 )
 def test_a_bad_strategy_lr_names_the_value(text, message):
