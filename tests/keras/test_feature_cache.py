@@ -69,13 +69,19 @@ class CompareEveryEpoch(keras.callbacks.Callback):
         self.cuts.append(self.cache.cut)
 
 
-def test_predictions_through_the_cache_equal_the_model_through_a_whole_fit():
+def compared_fit(optimizer: keras.optimizers.Optimizer, epochs: int):
+    """A compiled residual model, its DynamicFineTuning (p = 1, k = 1), a cache over validation
+    batches and the callback that compares the two every epoch."""
     model, backbone = residual_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="categorical_crossentropy")
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy")
     val = batches()
-    cb = DynamicFineTuning(backbone, patience=1, step=1, max_epochs=6, verbose=0)
+    cb = DynamicFineTuning(backbone, patience=1, step=1, max_epochs=epochs, verbose=0)
     cache = FeatureCache(cb, val, model=model)
-    compare = CompareEveryEpoch(cache, val)
+    return model, cb, cache, CompareEveryEpoch(cache, val), val
+
+
+def test_predictions_through_the_cache_equal_the_model_through_a_whole_fit():
+    model, cb, cache, compare, _ = compared_fit(keras.optimizers.SGD(0.05), 6)
     x, y = tiny_data(32)
     monitor = ScriptedMonitor([1.0, 1.1, 1.2, 1.3, 1.4, 1.5])
     model.fit(
@@ -90,12 +96,7 @@ def test_predictions_through_the_cache_equal_the_model_through_a_whole_fit():
 def test_the_cache_stays_exact_beside_early_stopping_and_a_checkpoint(tmp_path):
     # the cache serves a user's own validation metric while fit also runs EarlyStopping and
     # ModelCheckpoint on val_loss: rollbacks, unfreezes and the final restore all move weights
-    model, backbone = residual_model()
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
-    val = batches()
-    cb = DynamicFineTuning(backbone, patience=1, step=1, max_epochs=10, verbose=0)
-    cache = FeatureCache(cb, val, model=model)
-    compare = CompareEveryEpoch(cache, val)
+    model, cb, cache, compare, val = compared_fit(keras.optimizers.Adam(0.05), 10)
     best = tmp_path / "best.weights.h5"
     callbacks = [
         cb,
@@ -115,8 +116,9 @@ def test_the_cache_stays_exact_beside_early_stopping_and_a_checkpoint(tmp_path):
     assert_split_equal(cache.predict(), concat_predictions(model, val))
     saved, _ = residual_model(seed=9)
     saved.load_weights(best)
+    final = weights_of(model)
     for path, value in weights_of(saved).items():
-        np.testing.assert_array_equal(weights_of(model)[path], value, err_msg=path)
+        np.testing.assert_array_equal(final[path], value, err_msg=path)
 
 
 def test_cut_of_the_whole_backbone_and_inside_it():
